@@ -1,0 +1,25 @@
+# `make run`: set up and train the default recipe on the embedded dataset. `make test`: set up and run the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/simclr_shapes.py
+WORKDIR ?= workdirs/simclr_shapes
+
+.PHONY: run test venv clean
+
+$(BIN)/activate: requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+run: venv
+	$(BIN)/python main.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf workdirs
