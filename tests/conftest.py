@@ -8,3 +8,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+
+# Many tests compile the same functions (one train step per test run); a persistent cache makes repeats cheap.
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ.get("TMPDIR", "/tmp"), "jax_cache_contrastive"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

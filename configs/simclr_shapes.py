@@ -1,0 +1,55 @@
+"""SimCLR on the embedded procedural "shapes" dataset: the default of `make run` (a few CPU minutes).
+
+    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr
+    python main.py --config=configs/simclr_shapes.py:tiny --workdir=/tmp/w     # seconds, for tests
+    python main.py --config=configs/simclr_shapes.py --config.batch_size=512 --config.total_steps=1000 ...
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "simclr"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="shapes", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="",
+      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+
+  c.model = ml_collections.ConfigDict(dict(name="resnet", stage_sizes=(1, 1, 1, 1), width=16, stem="cifar"))
+  c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2))
+
+  c.batch_size = 256
+  c.total_steps = 600
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="lars", base_lr=1.0, scale_by_batch=True, batch_size=c.get_ref("batch_size"), weight_decay=1e-6,
+      momentum=0.9, warmup_steps=50, schedule="cosine", grad_clip_norm=0.0))
+  c.nonfinite = "stop"  # or "skip": a NaN/Inf step is never applied; "stop" raises with a clear message
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.log_every = 20
+  c.checkpoint_every = 200
+  c.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=512, knn_k=200, knn_temperature=0.1, linear_probe=True, train_examples=10000))
+  c.export = ml_collections.ConfigDict(dict(enabled=True))
+
+  if arg == "tiny":  # seconds on CPU: tests and smoke runs
+    c.data.train_size, c.data.test_size = 256, 128
+    c.model.width = 8
+    c.head.hidden_dim, c.head.out_dim = 32, 16
+    c.batch_size = 32
+    c.total_steps = 4
+    c.optimizer.warmup_steps = 1
+    c.log_every = 2
+    c.checkpoint_every = 2
+    c.eval.batch_size = 64
+    c.eval.knn_k = 20
+    c.eval.train_examples = 256
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}; use nothing or 'tiny'.")
+  return c

@@ -1,0 +1,1 @@
+"""Exported encoders: `jax.export` artifacts (and TF SavedModel) plus an `embed` entry point without training code."""

@@ -1,0 +1,76 @@
+"""Command line: train, evaluate, export or embed with a config file.
+
+    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr [--config.batch_size=512 ...]
+    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=eval
+    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=export
+    python main.py --mode=embed --workdir=workdirs/simclr --input=images.npy --output=emb.npy
+"""
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(arg); `file.py:arg` passes arg.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and exports.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "embed"], "What to do.")
+_INPUT = flags.DEFINE_string("input", None, "--mode=embed: .npy array, folder of images, or text file.")
+_OUTPUT = flags.DEFINE_string("output", None, "--mode=embed: where to write the embeddings (.npy).")
+_ARTIFACT = flags.DEFINE_string("artifact", None, "--mode=embed: exported model directory (default <workdir>/export).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  workdir = _WORKDIR.value
+  if _MODE.value == "embed":  # needs only the exported artifact, not the training code
+    from export import embed
+    out = embed.embed_path(_ARTIFACT.value or os.path.join(workdir, "export"), _INPUT.value,
+                           _OUTPUT.value or os.path.join(workdir, "embeddings.npy"))
+    print(f"wrote {out}")
+    return
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required for --mode=train/eval/export (e.g. --config=configs/simclr_shapes.py).")
+
+  from train import trainer
+  if _MODE.value == "train":
+    results = trainer.train_and_evaluate(config, workdir)
+    if "stopped_at_step" not in results and config.export.enabled:
+      _export(config, workdir)
+  else:
+    mesh, method, state = trainer.restore_trained(config, workdir)
+    if _MODE.value == "eval":
+      results = trainer.evaluate(config, method, state, mesh, step=int(state.step))
+    else:
+      results = {"export_dir": _export(config, workdir, (method, state))}
+  print(json.dumps(results, indent=2))
+
+
+def _export(config, workdir: str, trained=None) -> str:
+  from export import jax_export
+  from train import trainer
+  if trained is None:
+    _, method, state = trainer.restore_trained(config, workdir)
+  else:
+    method, state = trained
+  size = config.data.image_size
+  out = jax_export.export_image_encoder(method, state.params, state.model_state, image_shape=(size, size, 3),
+                                        out_dir=os.path.join(os.path.abspath(workdir), "export"), config=config)
+  logging.info("Exported the encoder to %s", out)
+  return out
+
+
+def run():
+  try:
+    app.run(main)
+  except (ValueError, FileNotFoundError) as e:  # bad input: one clear message, no traceback wall
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()

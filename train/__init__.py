@@ -1,0 +1,1 @@
+"""Trainer: mesh and partitioning, optimizers, train state, the jitted step, the loop, checkpoints and metrics."""

@@ -1,0 +1,62 @@
+"""Optimizers and learning-rate schedules from config (optax)."""
+from __future__ import annotations
+
+import re
+
+import jax
+import optax
+
+# Parameters that are not weight matrices: no weight decay and no LARS trust ratio (SimCLR, big_vision conventions).
+NO_DECAY_PATTERN = r"(bias|scale|embedding_norm|logit_scale|logit_bias|temperature|pos_embedding|cls)"
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  """Linear warm-up to the peak then `cosine`, `linear` or `constant` decay.
+
+  Peak = base_lr * batch_size / 256 when `scale_by_batch` (SimCLR's linear scaling rule), else base_lr.
+  """
+  peak = config.base_lr * (config.batch_size / 256.0 if config.get("scale_by_batch", False) else 1.0)
+  warmup = min(int(config.warmup_steps), max(total_steps - 1, 0))
+  decay_steps = max(total_steps - warmup, 1)
+  decays = {
+      "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=config.get("end_lr_ratio", 0.0)),
+      "linear": lambda: optax.linear_schedule(peak, peak * config.get("end_lr_ratio", 0.0), decay_steps),
+      "constant": lambda: optax.constant_schedule(peak),
+  }
+  if config.schedule not in decays:
+    raise ValueError(f"Unknown schedule {config.schedule!r}; choose one of {sorted(decays)}.")
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decays[config.schedule]()], [warmup])
+
+
+def decay_mask(params):
+  """True for the leaves weight decay applies to: kernels, not biases/norm scales/temperatures."""
+  pattern = re.compile(NO_DECAY_PATTERN)
+
+  def keep(path, _):
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    return not pattern.search(name)
+
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Builds the optax chain named by `config.name`: sgd (momentum), lars, adamw or lion, with clipping and wd mask."""
+  lr = learning_rate_schedule(config, total_steps)
+  wd = float(config.get("weight_decay", 0.0))
+  name = config.name
+  if name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
+                     optax.sgd(lr, momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", False)))
+  elif name == "lars":
+    tx = optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
+                    momentum=config.get("momentum", 0.9))
+  elif name == "adamw":
+    tx = optax.adamw(lr, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), weight_decay=wd, mask=decay_mask)
+  elif name == "lion":
+    tx = optax.lion(lr, b1=config.get("b1", 0.9), b2=config.get("b2", 0.99), weight_decay=wd, mask=decay_mask)
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; choose one of ['adamw', 'lars', 'lion', 'sgd'].")
+  clip = config.get("grad_clip_norm", 0.0)
+  if clip:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx, lr
