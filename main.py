@@ -64,9 +64,21 @@ def _export(config, workdir: str, trained=None) -> str:
   return out
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but an unknown `--config.a.b` key is one clear line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
+  except (AttributeError, KeyError) as e:
+    overrides = [a.split("=")[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    sys.exit(f"error: unknown config key ({e}) among the overrides {overrides}: every --config.<key> must name a field "
+             "that the config file defines.")
+
+
 def run():
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except (ValueError, FileNotFoundError) as e:  # bad input: one clear message, no traceback wall
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

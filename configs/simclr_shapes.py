@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
 
   c.eval = ml_collections.ConfigDict(dict(
-      batch_size=512, knn_k=200, knn_temperature=0.1, linear_probe=True, train_examples=10000))
+      batch_size=512, knn_k=200, knn_temperature=0.1, linear_probe=True, train_examples=10000, every_steps=0,
+      health_examples=1024))
   c.export = ml_collections.ConfigDict(dict(enabled=True))
 
   if arg == "tiny":  # seconds on CPU: tests and smoke runs

@@ -2,7 +2,7 @@
 
 Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations", Appendix A:
 random resized crop (scale, aspect ratio) + horizontal flip, colour jitter (brightness, contrast, saturation,
-hue in random order) with probability 0.8, grayscale with probability 0.2, optional Gaussian blur and
+hue) with probability 0.8, grayscale with probability 0.2, optional Gaussian blur and
 solarisation (BYOL). Example i uses `jax.random.fold_in(rng, i)`, so a view depends only on the key and the
 example, never on how the batch is sharded.
 
@@ -10,9 +10,9 @@ Each view costs two small matmuls and one 3x3 colour map per example:
 - crop + resize + flip (+ blur) are separable linear maps: out = Ry @ image @ Rx^T with Ry [h, H], Rx [w, W]
   (bilinear weights, widened into a triangle filter when shrinking, so downscaled crops are antialiased);
 - brightness, contrast, saturation, hue (a rotation in YIQ space) and grayscale are affine maps of RGB, so
-  they compose, in a random order, into one 3x3 matrix plus a bias; the result is clipped to [0, 1] once.
-Differences from torchvision: no clipping between the colour ops, hue is the YIQ rotation rather than an HSV
-shift, and blur (folded into Ry, Rx) comes before the colour ops rather than after.
+  they compose into one 3x3 matrix plus a bias; the result is clipped to [0, 1] once.
+Differences from torchvision: no clipping between the colour ops (so their order does not matter), hue is the
+YIQ rotation rather than an HSV shift, and blur (folded into Ry, Rx) comes before the colour ops, not after.
 """
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def _gaussian_matrix(sigma, size: int) -> jax.Array:
 
 _CROP_ATTEMPTS = 10
 # One uniform draw per example feeds every random choice (one threefry call keeps compile time low):
-# crop 2 * attempts + 2, flip 1, blur 2, colour 10, solarize 1.
-_NUM_UNIFORMS = 2 * _CROP_ATTEMPTS + 2 + 1 + 2 + 10 + 1
+# crop 2 * attempts + 2, flip 1, blur 2, colour 6, solarize 1.
+_NUM_UNIFORMS = 2 * _CROP_ATTEMPTS + 2 + 1 + 2 + 6 + 1
 
 
 def _sample_crop(u, height: int, width: int, scale, ratio):
@@ -86,40 +86,26 @@ def _sample_crop(u, height: int, width: int, scale, ratio):
 
 
 def _colour_map(u, mean_rgb, strength: float, jitter_prob: float, grayscale_prob: float):
-    """(M [3, 3], b [3]) of colour jitter (ops in random order) then grayscale, from uniforms u [10]: rgb -> M rgb + b."""
+    """(M [3, 3], b [3]) of colour jitter then grayscale, from uniforms u [6]: rgb -> M rgb + b.
+
+    Without clipping between them, brightness, contrast, saturation and the YIQ hue rotation commute (each
+    keeps gray gray and the mean luma's role unchanged), so torchvision's random order needs no sampling.
+    """
     s = 0.8 * strength
     lo = max(0.0, 1.0 - s)
-    brightness, contrast, saturation = (lo + (1.0 + s - lo) * u[k] for k in (5, 6, 7))
-    hue = (u[8] - 0.5) * 0.4 * strength * 2 * jnp.pi  # U[-0.2 s, 0.2 s] of a turn
-    ones = jnp.ones((3,), jnp.float32)
-    to_gray = jnp.outer(ones, jnp.asarray(_LUMA))
+    brightness, contrast, saturation = (lo + (1.0 + s - lo) * u[k] for k in (1, 2, 3))
+    hue = (u[4] - 0.5) * 0.4 * strength * 2 * jnp.pi  # U[-0.2 s, 0.2 s] of a turn
+    to_gray = np.outer(np.ones(3), _LUMA)
     # Hue: rotate the chroma plane (I, Q) of YIQ by the hue angle.
-    hue_matrix = (_HUE_FIXED + jnp.cos(hue) * _HUE_COS + jnp.sin(hue) * _HUE_SIN).astype(jnp.float32)
-
-    def adjust_brightness(m, b):
-        return brightness * m, brightness * b
-
-    def adjust_contrast(m, b):
-        gray_mean = _LUMA @ (m @ mean_rgb + b)  # mean gray level of the image as transformed so far
-        return contrast * m, contrast * b + (1.0 - contrast) * gray_mean * ones
-
-    def adjust_saturation(m, b):
-        blend = saturation * jnp.eye(3) + (1.0 - saturation) * to_gray
-        return blend @ m, blend @ b
-
-    def adjust_hue(m, b):
-        return hue_matrix @ m, hue_matrix @ b
-
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    m, b = jnp.eye(3, dtype=jnp.float32), jnp.zeros((3,), jnp.float32)
-    for op_index in jnp.argsort(u[1:5]):  # a uniformly random order; select, not switch: cheaper under vmap
-        options = [op(m, b) for op in ops]
-        m = jnp.stack([o[0] for o in options])[op_index]
-        b = jnp.stack([o[1] for o in options])[op_index]
+    hue_matrix = _HUE_FIXED + jnp.cos(hue) * _HUE_COS + jnp.sin(hue) * _HUE_SIN
+    saturation_matrix = saturation * np.eye(3) + (1.0 - saturation) * to_gray
+    m = (brightness * contrast) * (hue_matrix @ saturation_matrix)
+    # Contrast blends towards the mean gray level of the brightened image.
+    b = jnp.full((3,), (1.0 - contrast) * brightness * (_LUMA @ mean_rgb))
     jitter = u[0] < jitter_prob
-    m, b = jnp.where(jitter, m, jnp.eye(3)), jnp.where(jitter, b, 0.0)
-    gray = u[9] < grayscale_prob
-    return jnp.where(gray, to_gray @ m, m), jnp.where(gray, to_gray @ b, b)
+    m, b = jnp.where(jitter, m, np.eye(3)), jnp.where(jitter, b, 0.0)
+    gray = u[5] < grayscale_prob
+    return (jnp.where(gray, to_gray @ m, m).astype(jnp.float32), jnp.where(gray, to_gray @ b, b).astype(jnp.float32))
 
 
 def _augment_one(key, image, *, out_size, crop_scale, crop_ratio, flip_prob, jitter_strength, jitter_prob,
@@ -127,7 +113,7 @@ def _augment_one(key, image, *, out_size, crop_scale, crop_ratio, flip_prob, jit
     height, width = image.shape[:2]
     out_h, out_w = out_size
     u = jax.random.uniform(key, (_NUM_UNIFORMS,))
-    u_crop, u_flip, u_blur, u_colour, u_sol = jnp.split(u, np.cumsum([2 * _CROP_ATTEMPTS + 2, 1, 2, 10]))
+    u_crop, u_flip, u_blur, u_colour, u_sol = jnp.split(u, np.cumsum([2 * _CROP_ATTEMPTS + 2, 1, 2, 6]))
     y0, x0, h, w = _sample_crop(u_crop, height, width, crop_scale, crop_ratio)
     rows = _resample_matrix(y0, h, height, out_h)
     cols = _resample_matrix(x0, w, width, out_w)
@@ -174,12 +160,13 @@ def simclr_augment(rng: jax.Array, images: jax.Array, *, out_size: int | Sequenc
     # Batch sharded on an explicit-sharding mesh: augment each shard where it lives, with its global ids.
     spec = jax.P(batch_axis)
     ids = jax.sharding.reshard(ids, jax.sharding.NamedSharding(sharding.mesh, spec))
-    return jax.shard_map(augment, mesh=sharding.mesh, in_specs=(jax.P(), spec, spec), out_specs=spec)(rng, ids, images)
+    return jax.shard_map(augment, mesh=sharding.mesh, in_specs=(jax.P(), spec, spec), out_specs=spec,
+                         check_vma=True)(rng, ids, images)
 
 
 def multi_view(rng: jax.Array, images: jax.Array, num_views: int, **kwargs) -> jax.Array:
     """`num_views` independent SimCLR views: [B, H, W, 3] -> float32 [V, B, h, w, 3]; view v uses fold_in(rng, v)."""
-    return jnp.stack([simclr_augment(jax.random.fold_in(rng, v), images, **kwargs) for v in range(num_views)])
+    return jax.vmap(lambda v: simclr_augment(jax.random.fold_in(rng, v), images, **kwargs))(jnp.arange(num_views))
 
 
 def multi_crop(rng: jax.Array, images: jax.Array, num_small: int, *, num_large: int = 2,

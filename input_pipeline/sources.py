@@ -141,6 +141,7 @@ class ShapesSource(Source):
         self.labels = np.zeros((num_rows,), np.int32)
         self.captions = np.empty((num_rows,), object)
         self.rendered = np.zeros((num_rows,), bool)
+        self.class_names = list(shapes.CLASS_NAMES[:num_classes])
 
     def read(self, indices):
         indices = np.asarray(indices)
@@ -252,8 +253,11 @@ def cifar10_npz_source(data_config, split):
             raise ValueError(f"{data_config_path} has no split {split!r} (arrays: {d.files}).")
         jpeg, offsets = d[f"{split}_jpeg"], d[f"{split}_offsets"]
         labels = d[f"{split}_labels"].astype(np.int32)
-    return EncodedImageSource(len(labels), lambda i: jpeg[offsets[i]:offsets[i + 1]].tobytes(),
-                              data_config.image_size, {"label": labels}, cache=True)
+        class_names = [str(n) for n in d["class_names"]] if "class_names" in d.files else None
+    source = EncodedImageSource(len(labels), lambda i: jpeg[offsets[i]:offsets[i + 1]].tobytes(),
+                                data_config.image_size, {"label": labels}, cache=True)
+    source.class_names = class_names
+    return source
 
 
 @register("image_folder")
@@ -388,7 +392,8 @@ def embeddings_source(data_config, split):
 def tfds_source(data_config, split: str, dataset: str) -> Source:
     """Any TFDS dataset: encoded images kept in memory and decoded on read; labels / first caption if present."""
     import tensorflow_datasets as tfds
-    if dataset == "shapes":
+    local = dataset.split("/")[0].split(":")[0] == "shapes"
+    if local:
         from input_pipeline import shapes_tfds  # noqa: F401  (registers the builder)
     data_dir = _cfg(data_config, "data_dir", None) or None
     try:
@@ -396,7 +401,7 @@ def tfds_source(data_config, split: str, dataset: str) -> Source:
     except Exception as e:
         raise ValueError(f"No TFDS dataset {dataset!r}: {e}") from None
     if not builder.is_prepared():
-        if _cfg(data_config, "download", False):
+        if local or _cfg(data_config, "download", False):  # The local builder generates, never downloads.
             builder.download_and_prepare()
         else:
             raise ValueError(

@@ -37,7 +37,7 @@ REDUCTIONS = ("logsumexp", "softplus")
 
 def pairwise_reduce(x: jax.Array, y: jax.Array, scale, bias=0.0, *, reduction: str, symmetric: bool = False,
                     mode: str = "dense", chunk_size: int | None = None, axis_name: str | None = None):
-  """r_xy [n] (and r_yx [n] if symmetric), float32, as in the module docstring."""
+  """r_xy [n] (and r_yx [n] if symmetric), in at least float32, as in the module docstring."""
   if reduction not in REDUCTIONS:
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
   if mode not in MODES:
@@ -51,13 +51,18 @@ def pairwise_reduce(x: jax.Array, y: jax.Array, scale, bias=0.0, *, reduction: s
     return (r_xy, reduce(logits(y, x), axis=1)) if symmetric else r_xy
   # The scalars enter the custom VJP as per-device values, so their cotangents are the
   # local partial sums and autodiff adds the psum over devices.
-  device_zero = jnp.zeros_like(x[0, 0], dtype=jnp.float32)
+  device_zero = jnp.zeros_like(x[0, 0], dtype=_acc_dtype(x))
   return _streamed(x, y, device_zero + scale, device_zero + bias, reduction, symmetric, mode, chunk_size, axis_name)
 
 
+def _acc_dtype(x):
+  """Accumulation dtype: at least float32 (bfloat16 inputs), float64 under x64."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _dot(a, b):
-  """a @ b.T accumulated in float32."""
-  return jnp.dot(a, b.T, preferred_element_type=jnp.float32)
+  """a @ b.T accumulated in at least float32."""
+  return jnp.dot(a, b.T, preferred_element_type=_acc_dtype(a))
 
 
 class _Plan:
@@ -106,8 +111,8 @@ def _block_grads(reduction, anchors, block, valid, scale, bias, r, g):
   z = scale * raw + bias
   p = jnp.exp(z - r[:, None]) if reduction == "logsumexp" else jax.nn.sigmoid(z)
   gp = jnp.where(valid[None, :], g[:, None] * p, 0.0)
-  d_anchors = scale * jnp.dot(gp, block.astype(jnp.float32))
-  d_block = scale * jnp.dot(gp.T, anchors.astype(jnp.float32))
+  d_anchors = scale * jnp.dot(gp, block.astype(gp.dtype))
+  d_block = scale * jnp.dot(gp.T, anchors.astype(gp.dtype))
   return d_anchors, d_block, jnp.sum(gp * raw), jnp.sum(gp)
 
 
@@ -118,7 +123,7 @@ def _streamed(x, y, scale, bias, reduction, symmetric, mode, chunk_size, axis_na
 
 def _streamed_fwd(x, y, scale, bias, reduction, symmetric, mode, chunk_size, axis_name):
   plan = _Plan(mode, chunk_size, x.shape[0], axis_name)
-  zero = jnp.zeros_like(x[:, 0], dtype=jnp.float32)
+  zero = jnp.zeros_like(x[:, 0], dtype=_acc_dtype(x))
   init = zero if reduction == "softplus" else (zero - jnp.inf, zero)
   pairs = [(x, y), (y, x)] if symmetric else [(x, y)]
 
@@ -178,7 +183,7 @@ def _streamed_bwd(reduction, symmetric, mode, chunk_size, axis_name, residuals, 
         blocks, d_travel = collectives.ring_shift(
             (blocks, tuple(t + d for t, d in zip(d_travel, d_blocks))), axis_name)
         return (carry, blocks, d_travel), None
-      d_zero = tuple(jnp.zeros_like(p, dtype=jnp.float32) for p in payload)
+      d_zero = tuple(jnp.zeros_like(p, dtype=_acc_dtype(p)) for p in payload)
       carry, _, d_home = jax.lax.scan(hop, (carry, payload, d_zero), None, length=plan.w)[0]
     (dx, dy), dscale, dbias = carry
     d_local = [dx, dy]
@@ -186,7 +191,7 @@ def _streamed_bwd(reduction, symmetric, mode, chunk_size, axis_name, residuals, 
       d_local[ic] = plan.add(d_local[ic], d, k)
     return (tuple(d_local), dscale, dbias), None
 
-  zeros = (jnp.zeros_like(x, dtype=jnp.float32), jnp.zeros_like(y, dtype=jnp.float32))
+  zeros = (jnp.zeros_like(x, dtype=_acc_dtype(x)), jnp.zeros_like(y, dtype=_acc_dtype(y)))
   scalar = jnp.zeros_like(scale)
   ((dx, dy), dscale, dbias), _ = jax.lax.scan(chunk_step, (zeros, scalar, scalar), jnp.arange(plan.steps))
   return dx.astype(x.dtype), dy.astype(y.dtype), dscale, dbias

@@ -40,7 +40,8 @@ def pmean(x, axis_name: str | None):
 
 
 def pmax(x, axis_name: str | None):
-  """Max over devices (identity without an axis); use on values without gradient."""
+  """Max over devices (identity without an axis), without gradient (for shifts)."""
+  x = jax.lax.stop_gradient(x)
   return x if axis_name is None else jax.lax.pmax(x, axis_name)
 
 

@@ -35,7 +35,7 @@ def clip_softmax_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: fl
   image_to_text, text_to_image = pairwise_reduce(
       image_emb, text_emb, logit_scale, reduction="logsumexp", symmetric=True, mode=mode,
       chunk_size=chunk_size, axis_name=axis_name)
-  positives = logit_scale * jnp.sum(image_emb * text_emb, axis=1, dtype=jnp.float32)
+  positives = logit_scale * jnp.sum(image_emb * text_emb, axis=1, dtype=jnp.promote_types(image_emb.dtype, jnp.float32))
   local = jnp.sum(image_to_text + text_to_image - 2 * positives)
   global_n = image_emb.shape[0] * collectives.axis_size(axis_name)
   return collectives.psum(local, axis_name) / (2 * global_n)
@@ -58,7 +58,7 @@ def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: float | 
   check_positive("logit_scale", logit_scale)
   all_pairs = pairwise_reduce(image_emb, text_emb, logit_scale, logit_bias, reduction="softplus", mode=mode,
                               chunk_size=chunk_size, axis_name=axis_name)
-  positives = logit_scale * jnp.sum(image_emb * text_emb, axis=1, dtype=jnp.float32) + logit_bias
+  positives = logit_scale * jnp.sum(image_emb * text_emb, axis=1, dtype=jnp.promote_types(image_emb.dtype, jnp.float32)) + logit_bias
   local = jnp.sum(all_pairs - positives)
   global_n = image_emb.shape[0] * collectives.axis_size(axis_name)
   return collectives.psum(local, axis_name) / global_n

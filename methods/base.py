@@ -26,6 +26,9 @@ class Method:
   embed_fn: EmbedFn
   # Called after each optimizer update, e.g. for EMA encoders: (params, extra, step) -> extra.
   after_update: Callable[[Any, Any, jax.Array], Any] = lambda params, extra, step: extra
+  # Method-specific evaluation (zero-shot, retrieval, STS, ...): (config, state, mesh) -> metrics dict. When None the
+  # trainer runs kNN + linear probe on `embed_fn` features of the image test split.
+  evaluate: Callable[[Any, Any, Any], dict] | None = None
 
 
 def on_mesh(loss: Callable[..., jax.Array], mesh: Mesh, num_inputs: int, **hyper) -> Callable[..., jax.Array]:

@@ -4,6 +4,6 @@ Encoders map a batch to pooled float32 features, `__call__(x, *, train) -> [B, D
 embeddings with the same signature. `models.names()` lists what is registered.
 """
 from models.registry import get, names, register
-from models import decoder, heads, resnet, text, two_tower, vit  # noqa: F401,E402  (importing a module registers its models)
+from models import bert, decoder, heads, resnet, text, two_tower, vit  # noqa: F401,E402  (importing a module registers its models)
 
 __all__ = ["get", "names", "register"]

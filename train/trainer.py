@@ -110,9 +110,8 @@ def restore_trained(config, workdir: str, *, devices=None):
   mesh = mesh_lib.build_mesh(config.get("mesh"), devices)
   method = methods.get(config.method)(config, mesh)
   tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
-  test = input_pipeline.load_split(config.data, "test")
-  n = mesh_lib.num_batch_shards(mesh)
-  sample = jax.device_put({"image": test["image"][:n]}, mesh_lib.batch_sharding(mesh))
+  sample = next(input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
+                                     sharding=mesh_lib.batch_sharding(mesh), seed=config.seed, shuffle=False))
   state, shardings = create_train_state(config, method, tx, mesh, sample)
   checkpointer = ckpt_lib.Checkpointer(os.path.abspath(workdir), async_save=False)
   state, _ = checkpointer.restore(ckpt_lib.abstract_with_shardings(state, shardings))
@@ -177,6 +176,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop.signal is not None:
         _check_finite(metrics, config, step)
         checkpointer.save(step, state, data.get_state())
+      every = config.eval.get("every_steps", 0)
+      if every and step % every == 0 and step != config.total_steps:
+        evaluate(config, method, state, mesh, writer=writer, step=step)
       if stop.signal is not None:
         logging.warning("Stop requested (%s): checkpoint saved at step %d, exiting.", stop.signal, step)
         break
@@ -186,10 +188,15 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
   if stop.signal is not None:
     return {"stopped_at_step": int(state.step)}
 
-  results = evaluate(config, method, state, mesh, writer=writer, step=int(state.step))
+  plot_dir = os.path.join(workdir, "plots")
+  results = evaluate(config, method, state, mesh, writer=writer, step=int(state.step), plot_dir=plot_dir)
+  writer.close()
+  if jax.process_index() == 0:
+    from evaluators import plots
+    plots.plot_curves(writer.jsonl_path, plot_dir)
+    results["plots"] = sorted(os.path.join(plot_dir, f) for f in os.listdir(plot_dir) if f.endswith(".png"))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  writer.close()
   return results
 
 
@@ -208,22 +215,48 @@ def _progress(start: int, total: int, enabled: bool):
 
 def embed_split(config, method: methods.Method, state: TrainState, mesh: Mesh, split: str, limit: int | None = None):
   """Features [N, D] and labels [N] of a split, computed on the mesh."""
-  import evaluators
   arrays = input_pipeline.load_split(config.data, split)
   if limit:
     arrays = {k: v[:limit] for k, v in arrays.items()}
+  return _embed_images(config, method, state, mesh, arrays["image"]), arrays["label"]
+
+
+def _embed_images(config, method: methods.Method, state: TrainState, mesh: Mesh, images: np.ndarray) -> np.ndarray:
+  import evaluators
   embed = jax.jit(method.embed_fn)
-  feats = evaluators.embed_arrays(lambda b: embed(state.params, state.model_state, b), {"image": arrays["image"]},
-                                  batch_size=config.eval.batch_size, sharding=mesh_lib.batch_sharding(mesh))
-  return feats, arrays["label"]
+  return evaluators.embed_arrays(lambda b: embed(state.params, state.model_state, b), {"image": images},
+                                 batch_size=config.eval.batch_size, sharding=mesh_lib.batch_sharding(mesh))
+
+
+def _class_names(config) -> list[str] | None:
+  source = input_pipeline.sources.get_source(config.data, "test")
+  names = getattr(source, "class_names", None)
+  return list(names)[:config.data.num_classes] if names is not None else None
 
 
 def evaluate(config, method: methods.Method, state: TrainState, mesh: Mesh, *, writer: MetricWriter | None = None,
-             step: int = 0) -> dict:
-  """kNN (cosine, weighted votes) and a linear probe on frozen features of the test split."""
+             step: int = 0, plot_dir: str | None = None) -> dict:
+  """The method's own evaluation, else kNN, linear probe and representation health on frozen test features.
+
+  With `plot_dir`, also writes a 2-D PCA of the test features and a histogram of positive vs negative similarities.
+  """
   import evaluators
+  if method.evaluate is not None:
+    results = {"step": step, **method.evaluate(config, state, mesh)}
+  else:
+    results = _evaluate_image_features(config, method, state, mesh, step, plot_dir)
+  if writer is not None:
+    writer.write(step, {f"eval/{k}": v for k, v in results.items() if k != "step" and np.isscalar(v)})
+    writer.flush()
+  return results
+
+
+def _evaluate_image_features(config, method, state, mesh, step: int, plot_dir: str | None) -> dict:
+  import evaluators
+  from input_pipeline import augment_jax
   train_x, train_y = embed_split(config, method, state, mesh, "train", config.eval.get("train_examples"))
-  test_x, test_y = embed_split(config, method, state, mesh, "test")
+  test = input_pipeline.load_split(config.data, "test")
+  test_x, test_y = _embed_images(config, method, state, mesh, test["image"]), test["label"]
   num_classes = config.data.num_classes
   results = {"step": step, "chance": 1.0 / num_classes}
   results["knn_accuracy"] = float(evaluators.knn_accuracy(
@@ -233,7 +266,17 @@ def evaluate(config, method: methods.Method, state: TrainState, mesh: Mesh, *, w
     probe = evaluators.linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=config.seed)
     results["linear_probe_accuracy"] = float(probe["accuracy"])
     results["linear_probe_best_lr"] = float(probe["best_lr"])
-  if writer is not None:
-    writer.write(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
-    writer.flush()
+  # Health of the representation: positives are two augmentations of one test image.
+  images = test["image"][:config.eval.get("health_examples", 1024)]
+  views = [np.asarray(jax.jit(functools.partial(augment_jax.simclr_augment, **config.augment.to_dict()))(
+      jax.random.PRNGKey(config.seed + v), images)) for v in range(2)]
+  z1, z2 = (np.asarray(evaluators.l2_normalize(_embed_images(config, method, state, mesh, v))) for v in views)
+  results["alignment"] = float(evaluators.alignment(z1, z2))
+  results["uniformity"] = float(evaluators.uniformity(z1))
+  results["effective_rank"] = float(evaluators.effective_rank(test_x))
+  if plot_dir:
+    from evaluators import plots
+    os.makedirs(plot_dir, exist_ok=True)
+    plots.plot_embeddings_2d(test_x, test_y, _class_names(config), os.path.join(plot_dir, "embeddings_2d.png"))
+    plots.plot_similarity_histogram(z1, z2, os.path.join(plot_dir, "similarities.png"))
   return results

@@ -1,0 +1,130 @@
+"""CLIP, SigLIP and LiT: an image tower and a text tower aligned by a contrastive loss over the global batch of pairs.
+
+- CLIP (Radford et al. 2021): config.loss.name = "clip_softmax_loss", learnable temperature (logit_scale).
+- SigLIP (Zhai et al. 2023): config.loss.name = "siglip_loss", learnable temperature and bias (model.logit_bias_init).
+- LiT (Zhai et al. 2022, "locked-image tuning"): config.model.lock_image = True; the image tower is loaded from the
+  run in config.model.image_checkpoint (the params subtree config.model.image_checkpoint_key, e.g. "backbone" of a
+  SimCLR run) and kept frozen. Its parameters live in model_state["locked"], not in params, so the optimizer never
+  sees them (no update, no weight decay, no optimizer state) and they are checkpointed with the state; the image
+  projection and the text tower are trained.
+config.loss.mode picks how the N x N logits are covered: dense | chunked | ring (same value and gradients).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+import losses
+import models
+from methods import image_text
+from methods.base import Method, normalize_images, on_mesh
+
+
+def two_tower(model_config):
+  """The TwoTower module of config.model: image / text encoders by registry name, projections, logit scale."""
+  image, text = model_config.image.to_dict(), model_config.text.to_dict()
+  return models.get("two_tower")(
+      image_encoder=image.pop("name"), image_kwargs=image, text_encoder=text.pop("name"), text_kwargs=text,
+      embed_dim=model_config.embed_dim, logit_scale_init=model_config.logit_scale_init,
+      logit_bias_init=model_config.get("logit_bias_init", None))
+
+
+def model_variables(params, model_state) -> dict:
+  """Flax variables: trained params plus any locked (frozen) subtrees kept in model_state["locked"]."""
+  locked = model_state.get("locked", {})
+  return {"params": {**params, **locked}, **{k: v for k, v in model_state.items() if k != "locked"}}
+
+
+def load_locked_tower(workdir: str, key: str) -> tuple[dict, dict]:
+  """(params, batch_stats) subtrees named `key` of the latest checkpoint in `workdir` (batch_stats {} if none)."""
+  from train import checkpoint as ckpt_lib
+  checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
+  step = checkpointer.latest_step()
+  if step is None:
+    checkpointer.close()
+    raise FileNotFoundError(f"LiT: no checkpoint in {workdir!r} (config.model.image_checkpoint).")
+  state = checkpointer.manager.restore(step)["state"]
+  checkpointer.close()
+  if key not in state["params"]:
+    raise ValueError(f"LiT: checkpoint {workdir!r} has no params[{key!r}]; it has {sorted(state['params'])}.")
+  stats = (state.get("model_state") or {}).get("batch_stats", {}).get(key, {})
+  return state["params"][key], stats
+
+
+def _check_same_shapes(name: str, loaded, expected) -> None:
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  if shapes(loaded) != shapes(expected):
+    raise ValueError(f"LiT: the checkpointed {name} does not match config.model.image: got {shapes(loaded)}, "
+                     f"expected {shapes(expected)}.")
+
+
+def build(config, mesh: Mesh) -> Method:
+  model = two_tower(config.model)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  locked = bool(config.model.get("lock_image", False))
+  max_scale = config.model.get("max_logit_scale", 100.0)
+  hyper = config.loss.to_dict()
+  loss_name = hyper.pop("name")
+  hyper["chunk_size"] = hyper.get("chunk_size") or None  # 0 in a config (an int, overridable from the CLI) = whole
+  contrastive = losses.get(loss_name)
+  sigmoid = loss_name == "siglip_loss"
+  if sigmoid and config.model.get("logit_bias_init", None) is None:
+    raise ValueError("siglip_loss needs a learnable bias: set config.model.logit_bias_init (SigLIP uses -10).")
+  pretrained = (load_locked_tower(config.model.image_checkpoint, config.model.image_checkpoint_key)
+                if locked else None)
+
+  def init(rng, batch):
+    variables = dict(model.init(rng, normalize_images(batch["image"][:2], mean, std), batch["caption"][:2],
+                                train=False))
+    params = dict(variables.pop("params"))
+    if locked:
+      tower_params, tower_stats = pretrained
+      _check_same_shapes("image tower params", tower_params, params["image_tower"])
+      params.pop("image_tower")
+      variables["locked"] = {"image_tower": jax.tree.map(jnp.asarray, tower_params)}
+      if "batch_stats" in variables:
+        _check_same_shapes("image tower batch_stats", tower_stats, variables["batch_stats"]["image_tower"])
+        variables["batch_stats"] = {**variables["batch_stats"], "image_tower": jax.tree.map(jnp.asarray, tower_stats)}
+    return params, variables, {}
+
+  def embeddings(params, model_state, batch, rng):
+    """Normalised image and text embeddings [B, E] (train mode), updated model_state."""
+    variables = model_variables(params, model_state)
+    images = normalize_images(batch["image"], mean, std)
+    if locked:
+      image_emb = jax.lax.stop_gradient(model.apply(variables, images, train=False, method="encode_image"))
+      new_state = model_state
+    else:
+      image_emb, updates = model.apply(variables, images, train=True, method="encode_image",
+                                       mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(rng, 0)})
+      new_state = {**model_state, **updates}
+    text_emb = model.apply(variables, batch["caption"], train=True, method="encode_text",
+                           rngs={"dropout": jax.random.fold_in(rng, 1)})
+    return image_emb, text_emb, new_state
+
+  def loss_fn(params, model_state, extra, batch, rng):
+    image_emb, text_emb, new_state = embeddings(params, model_state, batch, rng)
+    scale = jnp.minimum(jnp.exp(params["logit_scale"]), max_scale)
+    scalars = {"logit_scale": scale, **({"logit_bias": params["logit_bias"]} if sigmoid else {})}
+    # Scalars are closed over: replicated inputs of the sharded loss, their gradient summed over devices.
+    value = on_mesh(functools.partial(contrastive, **scalars), mesh, num_inputs=2, **hyper)(image_emb, text_emb)
+    return value, (new_state, extra, {"loss": value, **scalars})
+
+  def embed_fn(params, model_state, batch) -> jax.Array:
+    return model.apply(model_variables(params, model_state), normalize_images(batch["image"], mean, std),
+                       train=False, method="encode_image")
+
+  def embed_text(params, model_state, batch) -> jax.Array:
+    return model.apply(model_variables(params, model_state), batch["caption"], train=False, method="encode_text")
+
+  def evaluate(config, state, mesh) -> dict:
+    image_fn, text_fn = jax.jit(embed_fn), jax.jit(embed_text)
+    return image_text.zero_shot_and_retrieval(
+        config, mesh, lambda b: image_fn(state.params, state.model_state, b),
+        lambda b: text_fn(state.params, state.model_state, b))
+
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate)

@@ -1,0 +1,104 @@
+"""input_pipeline.build / load_split on the embedded shapes dataset: batches, sharding, order, resume, errors."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import input_pipeline
+from input_pipeline import shapes
+
+
+def small_config(**overrides):
+    config = input_pipeline.default_data_config()
+    config.train_size, config.test_size = 96, 40
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def sharding():
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.sharding.NamedSharding(mesh, jax.P("data"))
+
+
+def labels_of(iterator, n):
+    return [np.asarray(next(iterator)["label"]) for _ in range(n)]
+
+
+def test_shapes_example_is_a_function_of_seed_split_index():
+    image, label, caption = shapes.render_example(0, "train", 7)
+    again = shapes.render_example(0, "train", 7)
+    np.testing.assert_array_equal(image, again[0])
+    assert (label, caption) == again[1:]
+    assert shapes.CLASS_NAMES[label] in caption
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert not np.array_equal(image, shapes.render_example(0, "test", 7)[0])
+    assert not np.array_equal(image, shapes.render_example(1, "train", 7)[0])
+
+
+def test_shapes_covers_every_class_with_varied_colours():
+    images, labels, _ = shapes.render(0, "train", np.arange(300))
+    assert set(labels.tolist()) == set(range(len(shapes.CLASS_NAMES)))
+    assert len(np.unique(images[:, 0, 0] // 32, axis=0)) > 10  # backgrounds are not tied to the class
+
+
+def test_batches_are_global_sharded_arrays(sharding):
+    batch = next(input_pipeline.build(small_config(), split="train", global_batch_size=16, sharding=sharding, seed=0))
+    assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.uint8
+    assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
+    assert batch["caption"].shape == (16, 64) and batch["caption"].dtype == np.int32
+    assert batch["image"].sharding == sharding and len(batch["image"].sharding.device_set) == 8
+
+
+def test_one_epoch_without_shuffle_reads_every_example_once(sharding):
+    config = small_config()
+    it = input_pipeline.build(config, split="train", global_batch_size=16, sharding=sharding, seed=0, shuffle=False,
+                              repeat=False)
+    labels = np.concatenate([np.asarray(b["label"]) for b in it])
+    np.testing.assert_array_equal(labels, input_pipeline.load_split(config, "train")["label"])
+
+
+def test_shuffle_is_deterministic_from_the_seed(sharding):
+    build = lambda seed: input_pipeline.build(  # noqa: E731
+        small_config(), split="train", global_batch_size=16, sharding=sharding, seed=seed)
+    first, again, other = labels_of(build(0), 6), labels_of(build(0), 6), labels_of(build(1), 6)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_resume_from_json_state_continues_exactly(sharding):
+    build = lambda: input_pipeline.build(  # noqa: E731
+        small_config(), split="train", global_batch_size=16, sharding=sharding, seed=0)
+    straight = labels_of(build(), 10)  # crosses an epoch boundary (96 examples = 6 batches)
+    first = build()
+    labels_of(first, 5)
+    state = json.loads(json.dumps(first.get_state()))
+    resumed = build()
+    resumed.set_state(state)
+    np.testing.assert_array_equal(labels_of(resumed, 5), straight[5:])
+
+
+def test_load_split_returns_the_whole_split_on_host():
+    data = input_pipeline.load_split(small_config(), "test")
+    assert data["image"].shape == (40, 32, 32, 3) and data["label"].shape == (40,)
+    assert data["caption"].dtype.kind == "U" and " on " in data["caption"][0]
+    assert input_pipeline.num_examples(small_config(), "test") == 40
+
+
+def test_batch_size_not_divisible_by_devices_is_one_clear_error(sharding):
+    with pytest.raises(ValueError, match=r"global_batch_size=12 .* 8 devices"):
+        input_pipeline.build(small_config(), split="train", global_batch_size=12, sharding=sharding, seed=0)
+
+
+def test_unknown_source_lists_the_known_ones(sharding):
+    with pytest.raises(ValueError, match=r"Unknown data source 'nope'.*shapes"):
+        input_pipeline.build(small_config(name="nope"), split="train", global_batch_size=8, sharding=sharding, seed=0)
+
+
+def test_empty_dataset_and_wrong_path_fail_at_start(sharding, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        input_pipeline.build(small_config(train_size=0), split="train", global_batch_size=8, sharding=sharding, seed=0)
+    with pytest.raises(ValueError, match="No .npz file at"):
+        input_pipeline.build(small_config(name="npz", path=str(tmp_path / "missing.npz")), split="train",
+                             global_batch_size=8, sharding=sharding, seed=0)
