@@ -60,7 +60,17 @@ def _export(config, workdir: str, trained=None) -> str:
   size = config.data.image_size
   out = jax_export.export_image_encoder(method, state.params, state.model_state, image_shape=(size, size, 3),
                                         out_dir=os.path.join(os.path.abspath(workdir), "export"), config=config)
-  logging.info("Exported the encoder to %s", out)
+  logging.info("Exported the encoder (jax.export) to %s", out)
+  if config.export.get("saved_model", True):
+    try:
+      import tensorflow  # noqa: F401  (optional: GPU machines may not have it)
+    except ImportError:
+      logging.warning("TensorFlow is not installed: skipping the SavedModel export.")
+    else:
+      from export import saved_model
+      path = saved_model.export_image_encoder_saved_model(method, state.params, state.model_state,
+                                                          image_shape=(size, size, 3), out_dir=out)
+      logging.info("Exported the encoder (TF SavedModel) to %s", path)
   return out
 
 

@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=512, knn_k=200, knn_temperature=0.1, linear_probe=True, train_examples=10000, every_steps=0,
       health_examples=1024))
-  c.export = ml_collections.ConfigDict(dict(enabled=True))
+  c.export = ml_collections.ConfigDict(dict(enabled=True, saved_model=True))
 
   if arg == "tiny":  # seconds on CPU: tests and smoke runs
     c.data.train_size, c.data.test_size = 256, 128

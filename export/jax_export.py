@@ -37,6 +37,7 @@ def export_image_encoder(method, params: Any, model_state: Any, *, image_shape: 
   card = {
       "format": "jax.export (StableHLO), load with jax.export.deserialize",
       "artifact": ARTIFACT,
+      "saved_model": "saved_model/ (TF SavedModel, signature serving_default: images -> embeddings), when TF is installed",
       "input": {"name": "images", "dtype": "uint8", "shape": ["batch", *image_shape], "range": [0, 255],
                 "layout": "NHWC, RGB"},
       "output": {"dtype": "float32", "shape": ["batch", out_dim], "note": "backbone features (before projection)"},

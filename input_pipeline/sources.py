@@ -12,7 +12,7 @@ Columns: "image" uint8 [n, S, S, 3], "label" int32 [n], "caption" / "text" / "te
 | name | what | data_config fields |
 |---|---|---|
 | shapes | the embedded procedural dataset (`shapes.py`) | seed, num_classes, train_size, test_size |
-| tfds:<dataset> | any TFDS dataset already prepared in data_dir (download=False unless asked) | data_dir, download |
+| tfds:<dataset> | any TFDS dataset prepared in data_dir (no download unless asked; shapes generates) | data_dir, download |
 | npz | arrays in one .npz (`{split}_images`, `{split}_labels`, optional `{split}_captions`) | path |
 | cifar10_npz | a flat JPEG-bytes npz like ../shared/data/cifar10.npz | path (default: that file) |
 | image_folder | root/[split/]class/*.jpg | path |
@@ -30,7 +30,7 @@ import io
 import json
 import logging
 import os
-from typing import Callable, Sequence
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -174,7 +174,18 @@ def known_names() -> list[str]:
 
 
 def get_source(data_config: ml_collections.ConfigDict, split: str) -> Source:
-    """The source named by data_config.name for `split`; ValueError for unknown names, wrong paths, empty data."""
+    """The source named by data_config.name for `split`; ValueError for unknown names, wrong paths, empty data.
+
+    Sources are cached per (config, split), so the training iterator, evaluators and repeated `load_split` calls
+    share one index and one decoded / rendered cache.
+    """
+    as_dict = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
+    return _cached_source(json.dumps(as_dict, sort_keys=True, default=str), split)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_source(config_json: str, split: str) -> Source:
+    data_config = ml_collections.ConfigDict(json.loads(config_json))
     name = data_config.name
     if name.startswith("tfds:"):
         source = tfds_source(data_config, split, name[len("tfds:"):])
@@ -192,6 +203,11 @@ def get_source(data_config: ml_collections.ConfigDict, split: str) -> Source:
 
 def _cfg(config, key, default=None):
     return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _split_paths(data_config, split: str, what: str) -> list[str]:
@@ -212,13 +228,7 @@ def shapes_source(data_config, split):
     sizes["validation"] = _cfg(data_config, "validation_size", sizes["test"])
     if split not in sizes:
         raise ValueError(f"shapes has splits {sorted(sizes)}, not {split!r}")
-    return _shapes_cached(data_config.seed, split, sizes[split], data_config.image_size, data_config.num_classes)
-
-
-@functools.cache
-def _shapes_cached(seed, split, num_rows, image_size, num_classes):
-    # One rendered copy per process, shared by the training iterator and evaluators.
-    return ShapesSource(seed, split, num_rows, image_size, num_classes)
+    return ShapesSource(data_config.seed, split, sizes[split], data_config.image_size, data_config.num_classes)
 
 
 @register("npz")
@@ -275,7 +285,7 @@ def image_folder_source(data_config, split):
                 labels.append(label)
     if not files:
         raise ValueError(f"No images under {root!r}: expected root/class_name/*.jpg (extensions {IMAGE_EXTENSIONS}).")
-    source = EncodedImageSource(len(files), lambda i: open(files[i], "rb").read(), data_config.image_size,
+    source = EncodedImageSource(len(files), lambda i: _read_file(files[i]), data_config.image_size,
                                 {"label": np.asarray(labels, np.int32)}, cache=_cfg(data_config, "cache", False))
     source.class_names = classes
     return source
@@ -301,7 +311,7 @@ def jsonl_source(data_config, split):
                     continue
                 paths.append(os.path.join(base, image))
                 texts.append(text)
-    source = EncodedImageSource(len(paths), lambda i: open(paths[i], "rb").read(), data_config.image_size,
+    source = EncodedImageSource(len(paths), lambda i: _read_file(paths[i]), data_config.image_size,
                                 {"caption": np.asarray(texts, object)}, cache=_cfg(data_config, "cache", False))
     source.skipped_at_load = skipped
     return source
@@ -456,8 +466,6 @@ def read_all(source: Source, chunk: int = 4096) -> tuple[dict[str, np.ndarray], 
 
 
 def string_columns(columns: dict[str, np.ndarray]) -> list[str]:
+    """Names of the columns that hold text (host-only; tokenized or dropped before reaching devices)."""
     return [k for k, v in columns.items() if v.dtype == object or v.dtype.kind in "US"]
 
-
-__all__: Sequence[str] = ("Source", "ArraySource", "EncodedImageSource", "ShapesSource", "SOURCES", "register",
-                          "get_source", "known_names", "decode_image", "read_all", "string_columns")

@@ -17,14 +17,16 @@ from losses.validation import check_pair, check_positive
 
 
 def clip_softmax_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: float | jax.Array, *,
-                      mode: str = "dense", chunk_size: int | None = None,
+                      mode: str = "dense", chunk_size: int | None = 256,
                       axis_name: str | None = None) -> jax.Array:
   """Symmetric InfoNCE of CLIP (Radford et al. 2021; open_clip ClipLoss).
 
   Args:
     image_emb, text_emb: [n, D] local embeddings; row i of each is a matching pair.
     logit_scale: t > 0 multiplying the dot products (not its logarithm).
-    mode: "dense" | "chunked" | "ring"; chunk_size bounds the logit block width.
+    mode: "dense" (all-gather, full [n, N] logits), "chunked" or "ring" (see
+      `losses.blockwise`: [n, chunk_size] logit blocks, custom VJP, O(n D) extra memory).
+    chunk_size: logit block width for chunked / ring; None = one block per device shard.
     axis_name: mesh axis when called inside `jax.shard_map` on local shards.
 
   With s_ij = t x_i . y_j over the global batch of N pairs,
@@ -42,7 +44,7 @@ def clip_softmax_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: fl
 
 
 def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: float | jax.Array,
-                logit_bias: float | jax.Array, *, mode: str = "dense", chunk_size: int | None = None,
+                logit_bias: float | jax.Array, *, mode: str = "dense", chunk_size: int | None = 256,
                 axis_name: str | None = None) -> jax.Array:
   """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, alg. 1; open_clip SigLipLoss).
 

@@ -20,17 +20,18 @@ def sinkhorn(scores: jax.Array, *, iterations: int = 3, epsilon: float = 0.05,
 
   Q = exp(scores / epsilon)^T [K, B] over the global batch B, alternately normalised to
   uniform row sums (prototypes) and column sums (samples); returns B Q^T, i.e. [n, K] codes
-  whose rows sum to 1. The per-prototype sums are psum-reduced over `axis_name`.
+  whose rows sum to 1. Computed in the log domain; the per-prototype sums are
+  psum-reduced over `axis_name`.
   """
-  scores = jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon
-  # Subtracting the global max leaves Q unchanged after normalisation and avoids overflow.
-  q = jnp.exp(scores - collectives.pmax(jnp.max(scores), axis_name)).T
-  q = q / collectives.psum(jnp.sum(q), axis_name)
-  big_b = scores.shape[0] * collectives.axis_size(axis_name)
+  check_positive("epsilon", epsilon)
+  # In the log domain, so that scores / epsilon far apart cannot underflow a whole column.
+  log_q = jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon  # [n, K]
   for _ in range(iterations):
-    q = q / collectives.psum(jnp.sum(q, axis=1, keepdims=True), axis_name)
-    q = q / jnp.sum(q, axis=0, keepdims=True) / big_b
-  return (q * big_b).T
+    # Per prototype over the global batch, then per sample over the prototypes.
+    shift = collectives.pmax(jnp.max(log_q, axis=0), axis_name)
+    log_q = log_q - (shift + jnp.log(collectives.psum(jnp.sum(jnp.exp(log_q - shift), axis=0), axis_name)))
+    log_q = log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True)
+  return jnp.exp(log_q)
 
 
 def _as_crops(name, crops):

@@ -5,21 +5,18 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import input_pipeline
-from configs import simclr_shapes
 from export import jax_export
 from train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(tmp_path):
-  config = simclr_shapes.get_config("tiny")
-  config.total_steps = 2
-  config.eval.linear_probe = False
-  trainer.train_and_evaluate(config, str(tmp_path), progress=False)
-  mesh, method, state = trainer.restore_trained(config, str(tmp_path))
+def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(tmp_path, tiny_simclr_run):
+  config, workdir, _ = tiny_simclr_run
+  mesh, method, state = trainer.restore_trained(config, workdir)
   out = jax_export.export_image_encoder(method, state.params, state.model_state, image_shape=(32, 32, 3),
                                         out_dir=str(tmp_path / "export"), config=config)
   images = input_pipeline.load_split(config.data, "test")["image"]
@@ -36,3 +33,18 @@ def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(tmp_path)
   assert r.returncode == 0, r.stderr
   emb = np.load(tmp_path / "emb.npy")
   np.testing.assert_allclose(emb, np.asarray(exported.call(images[:5])), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_model_matches_training_encoder_for_two_batch_sizes(tmp_path, tiny_simclr_run):
+  tf = pytest.importorskip("tensorflow")
+  from export import saved_model
+  config, workdir, _ = tiny_simclr_run
+  mesh, method, state = trainer.restore_trained(config, workdir)
+  path = saved_model.export_image_encoder_saved_model(method, state.params, state.model_state, image_shape=(32, 32, 3),
+                                                      out_dir=str(tmp_path / "export"))
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  images = input_pipeline.load_split(config.data, "test")["image"]
+  for n in (3, 16):
+    expected = np.asarray(jax.jit(method.embed_fn)(state.params, state.model_state, {"image": images[:n]}))
+    got = serve(images=tf.constant(images[:n]))["embeddings"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

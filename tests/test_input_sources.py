@@ -142,6 +142,15 @@ def test_tfds_local_shapes_builder_matches_the_numpy_source(tmp_path, sharding):
     assert first_batch(c, sharding)[0]["image"].shape == (8, 32, 32, 3)
 
 
+def test_tfds_dataset_by_name_with_mock_data(tmp_path, sharding):
+    import tensorflow_datasets as tfds
+    c = config("tfds:cifar10", data_dir=str(tmp_path), download=True, image_size=32)
+    with tfds.testing.mock_data(num_examples=12):  # Patches download_and_prepare: no network.
+        batch, _ = first_batch(c, sharding)
+        assert batch["image"].shape == (8, 32, 32, 3) and int(batch["label"].max()) < 10
+        assert input_pipeline.num_examples(c, "test") == 12
+
+
 def test_tfds_dataset_not_prepared_says_how_to_prepare_it(tmp_path, sharding):
     with pytest.raises(ValueError, match="tfds build cifar10"):
         first_batch(config("tfds:cifar10", data_dir=str(tmp_path)), sharding)

@@ -58,25 +58,25 @@ def _final_params(workdir):
   return step, restored["state"]["params"]
 
 
-def test_resume_after_stop_reaches_same_params_as_uninterrupted(tmp_path):
-  config = tiny_config(total_steps=4, checkpoint_every=100)
-  trainer.train_and_evaluate(config, str(tmp_path / "straight"), progress=False)
-  stopped = trainer.train_and_evaluate(config, str(tmp_path / "resumed"), progress=False, stop_at=2)
+def test_resume_after_stop_reaches_same_params_as_uninterrupted(tmp_path, tiny_simclr_run):
+  config, straight, _ = tiny_simclr_run
+  stopped = trainer.train_and_evaluate(config, str(tmp_path), progress=False, stop_at=2)
   assert stopped == {"stopped_at_step": 2}
-  trainer.train_and_evaluate(config, str(tmp_path / "resumed"), progress=False)
-  step_a, params_a = _final_params(str(tmp_path / "straight"))
-  step_b, params_b = _final_params(str(tmp_path / "resumed"))
-  assert step_a == step_b == 4
+  trainer.train_and_evaluate(config, str(tmp_path), progress=False)
+  step_a, params_a = _final_params(straight)
+  step_b, params_b = _final_params(str(tmp_path))
+  assert step_a == step_b == config.total_steps
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), params_a, params_b)
 
 
-def test_train_writes_metrics_checkpoint_and_results(tmp_path):
-  results = trainer.train_and_evaluate(tiny_config(), str(tmp_path), progress=False)
+def test_train_writes_metrics_checkpoint_results_and_plots(tiny_simclr_run):
+  _, workdir, results = tiny_simclr_run
   assert 0.0 <= results["knn_accuracy"] <= 1.0 and 0.0 <= results["linear_probe_accuracy"] <= 1.0
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert any("train/loss" in l for l in lines) and any("eval/knn_accuracy" in l for l in lines)
-  assert json.load(open(tmp_path / "results.json"))["knn_accuracy"] == results["knn_accuracy"]
-  assert os.listdir(tmp_path / "checkpoints") and os.listdir(tmp_path / "tb")
+  assert json.load(open(os.path.join(workdir, "results.json")))["knn_accuracy"] == results["knn_accuracy"]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "tb"))
+  assert {"loss.png", "eval.png", "embeddings_2d.png", "similarities.png"} <= set(os.listdir(os.path.join(workdir, "plots")))
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):

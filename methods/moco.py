@@ -1,0 +1,78 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): a query encoder trained against keys from its momentum (EMA) copy and a
+queue of past keys as negatives; optional MoCHi hard-negative mixing (Kalantidis et al. 2020, loss.name = "mochi").
+
+extra = {"key_params": EMA of params, "queue": [K, D] past keys, "queue_ptr": next slot}: part of the TrainState,
+so both are checkpointed and restored with it. The queue is updated in the loss with this step's global keys (the
+oldest N are replaced, K a multiple of the global batch N); the EMA after each optimizer update:
+key_params <- m key_params + (1 - m) params.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+import losses
+from input_pipeline import augment_jax
+from methods.base import Method, normalize_images, on_mesh
+from methods.simclr import EncoderWithHead
+
+
+def ema(target, online, momentum: float):
+  """momentum * target + (1 - momentum) * online, leaf by leaf."""
+  return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+
+
+def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Writes keys [N, D] into queue [K, D] at rows ptr..ptr+N (K a multiple of N); returns (queue, next ptr)."""
+  queue = jax.lax.dynamic_update_slice_in_dim(queue, keys.astype(queue.dtype), ptr, axis=0)
+  return queue, (ptr + keys.shape[0]) % queue.shape[0]
+
+
+def build(config, mesh: Mesh) -> Method:
+  model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  augment = config.augment.to_dict()
+  hyper = config.loss.to_dict()
+  loss_name = hyper.pop("name")
+  if loss_name not in ("nt_xent", "mochi"):
+    raise ValueError(f"MoCo's loss.name must be 'nt_xent' or 'mochi', got {loss_name!r}.")
+  contrastive = losses.get(loss_name)
+  queue_size, momentum = config.moco.queue_size, config.moco.momentum
+  if queue_size % config.batch_size:
+    raise ValueError(f"moco.queue_size={queue_size} must be a multiple of batch_size={config.batch_size}.")
+
+  def init(rng, batch):
+    params_rng, queue_rng = jax.random.split(rng)
+    variables = model.init(params_rng, normalize_images(batch["image"][:2], mean, std), train=False)
+    params = variables.pop("params")
+    queue = losses.l2_normalize(jax.random.normal(queue_rng, (queue_size, config.head.out_dim)))
+    extra = {"key_params": params, "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
+    return params, dict(variables), extra
+
+  def loss_fn(params, model_state, extra, batch, rng):
+    views = normalize_images(augment_jax.multi_view(jax.random.fold_in(rng, 0), batch["image"], 2, **augment),
+                             mean, std)
+    (_, q), new_state = model.apply({"params": params, **model_state}, views[0], train=True,
+                                    mutable=list(model_state))
+    # Keys: the momentum encoder on the other view; batch statistics of this batch, running averages not kept.
+    (_, k), _ = model.apply({"params": extra["key_params"], **model_state}, views[1], train=True,
+                            mutable=list(model_state))
+    k = jax.lax.stop_gradient(losses.l2_normalize(k))
+    bound = dict(queue=extra["queue"], **({"rng": jax.random.fold_in(rng, 1)} if loss_name == "mochi" else {}))
+    value = on_mesh(functools.partial(contrastive, **bound), mesh, num_inputs=2, **hyper)(q, k)
+    queue, ptr = enqueue(extra["queue"], extra["queue_ptr"], k)
+    return value, (dict(new_state), {**extra, "queue": queue, "queue_ptr": ptr}, {"loss": value})
+
+  def after_update(params, extra, step):
+    del step
+    return {**extra, "key_params": ema(extra["key_params"], params, momentum)}
+
+  def embed_fn(params, model_state, batch) -> jax.Array:
+    h, _ = model.apply({"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False,
+                       project=False)
+    return h
+
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update)
