@@ -64,21 +64,97 @@ def row_block(sharding: jax.sharding.Sharding, global_batch_size: int) -> RowBlo
     return RowBlock(start, size, start // size, global_batch_size // size)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadPlan:
+    """What one process reads and how it ships it; the prefetch thread holds only this, never the iterator,
+    so a dropped iterator is garbage-collected and its thread stops."""
+    source: sources.Source
+    sharding: jax.sharding.Sharding
+    global_batch_size: int
+    block: RowBlock
+    seed: int
+    shuffle: bool
+    repeat: bool
+    transform: HostTransform | None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.source) // self.global_batch_size
+
+    def epoch_share(self, epoch: int) -> np.ndarray:
+        """This reader's dataset indices for `epoch`, in visiting order."""
+        n = len(self.source)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return order[self.block.reader::self.block.num_readers]
+
+    def host_batches(self, state: dict) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
+        """Yields (this process's rows of the next batch, state after it), skipping unreadable rows."""
+        epoch, index, step, skipped = state["epoch"], state["index"], state["step"], state["skipped"]
+        share = self.epoch_share(epoch)
+        size = self.block.size
+        while self.repeat or step < self.batches_per_epoch:
+            parts, ids, got, read_without_valid = [], [], 0, 0
+            while got < size:
+                if index >= len(share):
+                    epoch, index = epoch + 1, 0
+                    share = self.epoch_share(epoch)
+                take = share[index:index + size - got]
+                columns, valid = self.source.read(take)
+                parts.append({k: v[valid] for k, v in columns.items()})
+                ids.append(np.stack([np.full(int(valid.sum()), epoch), take[valid]], -1))
+                n_valid = int(valid.sum())
+                got += n_valid
+                skipped += len(take) - n_valid
+                index += len(take)
+                read_without_valid = 0 if n_valid else read_without_valid + len(take)
+                if read_without_valid > len(self.source):
+                    raise RuntimeError(f"No readable example in {len(self.source)} rows of the source.")
+            host = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            if self.transform is not None:
+                host = self.transform(host, np.concatenate(ids))
+            host = {k: v for k, v in host.items() if k not in sources.string_columns(host)}
+            step += 1
+            yield host, {"epoch": epoch, "index": index, "step": step, "skipped": skipped}
+
+    def to_device(self, host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(
+            self.sharding, v, (self.global_batch_size,) + v.shape[1:]) for k, v in host.items()}
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Blocks until `item` is queued (True) or `stop` is set (False)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(plan: ReadPlan, state: dict, out: queue.Queue, stop: threading.Event) -> None:
+    """Prefetch thread: queues (device batch, state after it), then StopIteration or the exception raised."""
+    try:
+        for host, after in plan.host_batches(state):
+            if not _put(out, (plan.to_device(host), after), stop):
+                return
+        _put(out, StopIteration(), stop)
+    except BaseException as e:  # Re-raised in the consumer's thread.
+        _put(out, e, stop)
+
+
 class BatchIterator(Iterator[dict]):
     """Python iterator of global batches: dict of `jax.Array`s with leading dim = global batch, sharded."""
 
     def __init__(self, source: sources.Source, *, global_batch_size: int, sharding: jax.sharding.Sharding,
                  seed: int, shuffle: bool = True, repeat: bool = True, transform: HostTransform | None = None,
                  prefetch: int = 2):
-        self.source, self.sharding = source, sharding
-        self.global_batch_size, self.seed, self.shuffle, self.repeat = global_batch_size, seed, shuffle, repeat
-        self.transform, self.prefetch = transform, prefetch
-        self.block = row_block(sharding, global_batch_size)
-        self.num_rows = len(source)
-        if len(range(self.block.reader, self.num_rows, self.block.num_readers)) == 0:
-            raise ValueError(f"The dataset has {self.num_rows} examples, fewer than the {self.block.num_readers} "
+        block = row_block(sharding, global_batch_size)
+        if len(range(block.reader, len(source), block.num_readers)) == 0:
+            raise ValueError(f"The dataset has {len(source)} examples, fewer than the {block.num_readers} "
                              "readers of the global batch.")
-        self.batches_per_epoch = self.num_rows // global_batch_size
+        self.plan = ReadPlan(source, sharding, global_batch_size, block, seed, shuffle, repeat, transform)
+        self.prefetch = prefetch
         self._state = {"epoch": 0, "index": 0, "step": 0, "skipped": 0}
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -87,85 +163,29 @@ class BatchIterator(Iterator[dict]):
     # -- state --------------------------------------------------------------------------------------------------
     def get_state(self) -> dict:
         """JSON-serialisable position after the last batch returned by `next`."""
-        return dict(self._state, process_block=[self.block.reader, self.block.num_readers])
+        block = self.plan.block
+        return dict(self._state, process_block=[block.reader, block.num_readers])
 
     def set_state(self, state: dict) -> None:
         """Continue exactly after the batch at which `state` was taken."""
-        block = state.get("process_block")
-        if block is not None and list(block) != [self.block.reader, self.block.num_readers]:
-            raise ValueError(f"Iterator state was saved by reader {block[0]} of {block[1]}; this process is reader "
-                             f"{self.block.reader} of {self.block.num_readers}. Resume with the same topology.")
+        saved, block = state.get("process_block"), self.plan.block
+        if saved is not None and list(saved) != [block.reader, block.num_readers]:
+            raise ValueError(f"Iterator state was saved by reader {saved[0]} of {saved[1]}; this process is reader "
+                             f"{block.reader} of {block.num_readers}. Resume with the same topology.")
         self._shutdown()
         self._state = {k: int(state[k]) for k in ("epoch", "index", "step", "skipped")}
 
     @property
     def skipped(self) -> int:
         """Rows skipped: malformed at load plus unreadable while iterating."""
-        return self.source.skipped_at_load + self._state["skipped"]
-
-    # -- host side ----------------------------------------------------------------------------------------------
-    def _epoch_share(self, epoch: int) -> np.ndarray:
-        order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_rows) if self.shuffle
-                 else np.arange(self.num_rows))
-        return order[self.block.reader::self.block.num_readers]
-
-    def _host_batches(self, state: dict) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
-        """Yields (this process's rows of the next batch, state after it)."""
-        epoch, index, step, skipped = state["epoch"], state["index"], state["step"], state["skipped"]
-        share = self._epoch_share(epoch)
-        size = self.block.size
-        while self.repeat or step < self.batches_per_epoch:
-            parts, got, read_without_valid = [], 0, 0
-            epochs, positions = [], []
-            while got < size:
-                if index >= len(share):
-                    epoch, index = epoch + 1, 0
-                    share = self._epoch_share(epoch)
-                take = share[index:index + size - got]
-                columns, valid = self.source.read(take)
-                parts.append({k: v[valid] for k, v in columns.items()})
-                epochs.append(np.full(int(valid.sum()), epoch))
-                positions.append(take[valid])
-                n_valid = int(valid.sum())
-                got += n_valid
-                skipped += len(take) - n_valid
-                index += len(take)
-                read_without_valid = 0 if n_valid else read_without_valid + len(take)
-                if read_without_valid > self.num_rows:
-                    raise RuntimeError(f"No readable example in {self.num_rows} rows of the source.")
-            host = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            if self.transform is not None:
-                host = self.transform(host, np.stack([np.concatenate(epochs), np.concatenate(positions)], -1))
-            host = {k: v for k, v in host.items() if k not in sources.string_columns(host)}
-            step += 1
-            yield host, {"epoch": epoch, "index": index, "step": step, "skipped": skipped}
-
-    def _to_device(self, host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_process_local_data(
-            self.sharding, v, (self.global_batch_size,) + v.shape[1:]) for k, v in host.items()}
+        return self.plan.source.skipped_at_load + self._state["skipped"]
 
     # -- prefetching iteration ----------------------------------------------------------------------------------
-    def _produce(self, state: dict, out: queue.Queue, stop: threading.Event) -> None:
-        try:
-            for host, after in self._host_batches(state):
-                item = (self._to_device(host), after)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            out.put(StopIteration())
-        except BaseException as e:  # Re-raised in the consumer's thread.
-            out.put(e)
-
     def __next__(self) -> dict[str, jax.Array]:
         if self._thread is None:
             self._queue, self._stop = queue.Queue(maxsize=max(1, self.prefetch)), threading.Event()
-            self._thread = threading.Thread(target=self._produce, args=(dict(self._state), self._queue, self._stop),
-                                            daemon=True, name="input_pipeline")
+            self._thread = threading.Thread(target=_produce, args=(self.plan, dict(self._state), self._queue,
+                                                                   self._stop), daemon=True, name="input_pipeline")
             self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
@@ -192,5 +212,5 @@ class BatchIterator(Iterator[dict]):
         self._shutdown()
 
     def __del__(self):
-        if self._stop is not None:
+        if getattr(self, "_stop", None) is not None:
             self._stop.set()

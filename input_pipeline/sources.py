@@ -468,4 +468,3 @@ def read_all(source: Source, chunk: int = 4096) -> tuple[dict[str, np.ndarray], 
 def string_columns(columns: dict[str, np.ndarray]) -> list[str]:
     """Names of the columns that hold text (host-only; tokenized or dropped before reaching devices)."""
     return [k for k, v in columns.items() if v.dtype == object or v.dtype.kind in "US"]
-

@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 import losses
 import models
 from input_pipeline import augment_jax
-from methods.base import Method, normalize_images, on_mesh
+from methods.base import Method, compose_loss, normalize_images, on_mesh
 
 
 class EncoderWithHead(nn.Module):
@@ -46,16 +46,28 @@ def build(config, mesh: Mesh) -> Method:
     params = variables.pop("params")
     return params, dict(variables), {}
 
-  def loss_fn(params, model_state, extra, batch, rng):
+  def prepare_fn(batch, rng):
+    """Both normalised views of each example: [B, 2, H, W, 3]."""
     views = normalize_images(two_views(rng, batch["image"], augment), mean, std)
-    (_, z), new_state = model.apply({"params": params, **model_state}, views, train=True, mutable=list(model_state))
-    z = z.reshape((-1, 2) + z.shape[1:])
+    return views.reshape((-1, 2) + views.shape[1:])
+
+  def encode_fn(params, model_state, views, rng):
+    """Projections [b, 2, D] of views [b, 2, H, W, 3] (one forward pass over the 2b images)."""
+    del rng
+    flat = views.reshape((-1,) + views.shape[2:])
+    (_, z), new_state = model.apply({"params": params, **model_state}, flat, train=True, mutable=list(model_state))
+    return z.reshape((-1, 2) + z.shape[1:]), dict(new_state)
+
+  def embedding_loss_fn(params, extra, z, rng):
+    del params, rng
+    z = z.astype(jnp.float32)  # the loss runs in float32 whatever the compute dtype of the model
     value = loss(z[:, 0], z[:, 1])
-    return value, (dict(new_state), extra, {"loss": value})
+    return value, (extra, {"loss": value})
 
   def embed_fn(params, model_state, batch) -> jax.Array:
     h, _ = model.apply({"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False,
                        project=False)
     return h
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn)
+  return Method(init=init, loss_fn=compose_loss(prepare_fn, encode_fn, embedding_loss_fn), embed_fn=embed_fn,
+                prepare_fn=prepare_fn, encode_fn=encode_fn, embedding_loss_fn=embedding_loss_fn)

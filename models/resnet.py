@@ -72,10 +72,11 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 class ResNet(nn.Module):
     """ResNet backbone: `__call__(x [B,H,W,3], *, train) -> [B, D]` globally average-pooled float32 features.
 
-    D = width * 8 (basic) or width * 32 (bottleneck). stem "imagenet": 7x7/2 conv + 3x3/2 max-pool;
+    D = width * 2**(len(stage_sizes) - 1), times 4 for bottleneck blocks. stem "imagenet": 7x7/2 conv + 3x3/2 max-pool;
     "cifar": 3x3/1 conv, no pool. BatchNorm statistics live in the "batch_stats" collection; there is no
     `axis_name`: under jit on globally sharded batches GSPMD already reduces them over the whole batch.
-    Params are float32, compute runs in `dtype`.
+    Params are float32, compute runs in `dtype`. `zero_init_residual` (Goyal et al., 2017) starts every residual
+    branch at zero; off by default, as in the torch peer.
     """
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     width: int = 64

@@ -52,9 +52,12 @@ def num_batch_shards(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in batch_axis_name(mesh)]))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """Fails at start-up, naming both numbers, when the batch does not split evenly over the devices."""
+def check_batch_size(global_batch_size: int, mesh: Mesh, accum_steps: int = 1) -> None:
+  """Fails at start-up, naming the numbers, when the batch (or its micro-batches) does not split over the devices."""
   shards = num_batch_shards(mesh)
   if global_batch_size % shards:
     raise ValueError(f"batch_size={global_batch_size} is not divisible by the number of data shards ({shards} devices on "
                      f"mesh axes {batch_axis_name(mesh)}); choose a multiple of {shards}.")
+  if accum_steps < 1 or global_batch_size % (accum_steps * shards):
+    raise ValueError(f"batch_size={global_batch_size} does not split into grad_accum_steps={accum_steps} micro-batches "
+                     f"of a multiple of the {shards} data shards; choose a multiple of {max(accum_steps, 1) * shards}.")

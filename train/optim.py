@@ -60,3 +60,8 @@ def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformati
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx, lr
+
+
+def ema_update(ema, params, decay: float):
+  """Exponential moving average of the parameters (Polyak & Juditsky 1992): ema <- decay * ema + (1 - decay) * params."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -8,6 +8,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+# FSDP (ZeRO-3 style) for every large array: parameters, optimizer moments and EMA are split over the `fsdp` axis
+# (replicated when it has size 1), small ones (biases, norms, scalars) stay replicated.
+DEFAULT_RULES = ((".*", "fsdp"),)
+
 
 def _path_name(path) -> str:
   parts = []
@@ -34,10 +38,12 @@ def fsdp_spec(shape: Sequence[int], mesh: Mesh, axis: str = "fsdp", min_size: in
   return P()
 
 
-def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = ((".*", "replicate"),)) -> Any:
+def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = DEFAULT_RULES) -> Any:
   """Maps each leaf of an (abstract) pytree to a NamedSharding by the first rule whose regex matches its path.
 
-  A rule's action is "replicate" or "fsdp" (split the largest divisible dimension over the `fsdp` axis).
+  Paths are "/"-joined keys of the whole TrainState, e.g. "params/backbone/encoder/block0/mlp/fc1/kernel" or
+  "opt_state/1/0/mu/backbone/...". A rule's action is "replicate" or "fsdp" (split the largest divisible dimension
+  over the `fsdp` axis).
   """
   compiled = [(re.compile(pattern), action) for pattern, action in rules]
 
@@ -54,3 +60,10 @@ def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = ((
     raise ValueError(f"No partition rule matches parameter {name!r}; add a catch-all rule ('.*', 'replicate').")
 
   return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def bytes_per_device(tree: Any, shardings: Any) -> int:
+  """Bytes of an (abstract) pytree that one device holds under `shardings` (the largest shard of each leaf)."""
+  def leaf_bytes(leaf, sharding):
+    return int(np.prod(sharding.shard_shape(leaf.shape))) * np.dtype(leaf.dtype).itemsize
+  return sum(jax.tree.leaves(jax.tree.map(leaf_bytes, tree, shardings)))

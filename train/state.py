@@ -13,7 +13,8 @@ class TrainState:
 
   step: int32 []; params: model parameters; model_state: non-trained collections (e.g. BatchNorm `batch_stats`);
   opt_state: optax state; rng: uint32 [2] base key (folded with the step each step); extra: method state such as
-  momentum-encoder params or a queue of negatives ({} when the method has none).
+  momentum-encoder params or a queue of negatives ({} when the method has none); ema_params: exponential moving
+  average of params when `config.ema_decay` > 0, else None.
   """
   step: jax.Array
   params: Any
@@ -21,3 +22,4 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   extra: Any
+  ema_params: Any = None

@@ -1,0 +1,226 @@
+"""Multi-task and hybrid (CoCa-style) training: one shared image encoder, several heads, a weighted sum of objectives.
+
+Heads (each enabled by its config.model entry) and the outputs they give `losses.combine`:
+- projection (SimCLR on two augmented views):          z1, z2 [B, D]
+- text tower + projections (CLIP / SigLIP on captions): image_emb, text_emb [B, E], logit_scale (, logit_bias)
+- classifier (supervised, model.num_classes > 0):       class_logits [B, 1, C], class_targets [B, 1]
+- caption decoder (generative, needs a ViT encoder):    caption_logits [B, L-1, V], caption_targets, caption_mask
+config.loss.terms maps a name to a `losses.combine` term, e.g. clip=dict(name="clip_softmax_loss", weight=1.0,
+inputs=("image_emb", "text_emb", "logit_scale"), kwargs=dict(mode="dense")); the loss is sum_k weight_k * loss_k.
+CoCa (Yu et al. 2022) is the text tower + caption decoder with clip + caption terms: its decoder cross-attends to the
+image tokens and greedy-decodes captions at evaluation. Contrastive and classification heads see the clean image,
+the SimCLR head its two augmented views.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+import losses
+import models
+from input_pipeline import augment_jax
+from methods import image_text
+from methods.base import Method, normalize_images, on_mesh
+
+
+def _l2_normalize(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class MultiTaskModel(nn.Module):
+  """Shared image encoder (registry name + kwargs) and the optional heads of the module docstring."""
+  image: dict
+  projection: Optional[dict] = None
+  text: Optional[dict] = None
+  embed_dim: int = 64
+  logit_scale_init: float = math.log(1 / 0.07)
+  logit_bias_init: Optional[float] = None
+  num_classes: int = 0
+  decoder: Optional[dict] = None
+
+  def setup(self):
+    image = dict(self.image)
+    self.image_encoder = models.get(image.pop("name"))(**image)
+    if self.projection:
+      self.projection_head = models.get("projection_head")(**self.projection)
+    if self.text:
+      text = dict(self.text)
+      self.text_encoder = models.get(text.pop("name"))(**text)
+      self.image_proj = nn.Dense(self.embed_dim, use_bias=False)
+      self.text_proj = nn.Dense(self.embed_dim, use_bias=False)
+      self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
+      if self.logit_bias_init is not None:
+        self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
+    if self.num_classes:
+      self.classifier = nn.Dense(self.num_classes)
+    if self.decoder:
+      self.caption_decoder = models.get("caption_decoder")(**self.decoder)
+
+  def encode(self, images, *, train: bool):
+    """Pooled features [B, F] and, with a decoder, the image tokens [B, N, F] it cross-attends to (else None)."""
+    if self.decoder:
+      return self.image_encoder(images, train=train, return_tokens=True)
+    return self.image_encoder(images, train=train), None
+
+  def project(self, h, *, train: bool):
+    return self.projection_head(h, train=train)
+
+  def image_embedding(self, h):
+    return _l2_normalize(self.image_proj(h).astype(jnp.float32))
+
+  def text_embedding(self, tokens, *, train: bool):
+    return _l2_normalize(self.text_proj(self.text_encoder(tokens, train=train)).astype(jnp.float32))
+
+  def scalars(self) -> dict:
+    out = {"logit_scale": jnp.exp(self.logit_scale)}
+    if self.logit_bias_init is not None:
+      out["logit_bias"] = self.logit_bias
+    return out
+
+  def classify(self, h):
+    return self.classifier(h).astype(jnp.float32)
+
+  def caption_logits(self, tokens, image_tokens, *, train: bool):
+    return self.caption_decoder(tokens, image_tokens, train=train)
+
+  def __call__(self, images, tokens, *, train: bool, views: int = 1):
+    """Every enabled head's outputs. images: [B * views, H, W, 3] example-major, view 0 the clean image and views 1, 2
+    the SimCLR views (views=3 needs the projection head); tokens: int32 [B, L] captions, or None without text heads.
+    """
+    h, image_tokens = self.encode(images, train=train)
+    out: dict[str, Any] = {}
+    if self.projection:
+      z = self.project(h, train=train)
+      if views == 3:
+        z = z.reshape(-1, views, z.shape[-1])
+        out.update(z1=z[:, 1], z2=z[:, 2])
+    if views > 1:
+      h = h.reshape(-1, views, h.shape[-1])[:, 0]
+      image_tokens = None if image_tokens is None else image_tokens.reshape((-1, views) + image_tokens.shape[1:])[:, 0]
+    out["features"] = h
+    if self.text:
+      out.update(image_emb=self.image_embedding(h), text_emb=self.text_embedding(tokens, train=train), **self.scalars())
+    if self.num_classes:
+      out["class_logits"] = self.classify(h)
+    if self.decoder:
+      out["caption_logits"] = self.caption_logits(tokens[:, :-1], image_tokens, train=train)
+    return out
+
+
+def combined_loss(terms: list[dict], mesh: Mesh, outputs: dict) -> tuple[jax.Array, dict]:
+  """`losses.combine` on the mesh: batch outputs enter sharded, scalars (logit_scale, ...) replicated."""
+  scalars = {k: v for k, v in outputs.items() if jnp.ndim(v) == 0}
+  keys = sorted(k for k in outputs if k not in scalars)
+  fn = lambda *xs, axis_name: losses.combine(terms, {**dict(zip(keys, xs)), **scalars}, axis_name=axis_name)
+  return on_mesh(fn, mesh, num_inputs=len(keys))(*(outputs[k] for k in keys))
+
+
+def _example_major(views: jax.Array) -> jax.Array:
+  """[V, B, ...] -> [B * V, ...] with the V views of an example adjacent (they stay on its device)."""
+  return jnp.swapaxes(views, 0, 1).reshape((-1,) + views.shape[2:])
+
+
+def model_from_config(config) -> MultiTaskModel:
+  """The model of config.model; a head is enabled by its entry (projection, text, decoder, num_classes > 0)."""
+  m = config.model
+  head = lambda key: m[key].to_dict() if m.get(key) is not None else None
+  return MultiTaskModel(image=m.image.to_dict(), projection=head("projection"), text=head("text"),
+                        embed_dim=m.get("embed_dim", 64), logit_scale_init=m.get("logit_scale_init", 2.6593),
+                        logit_bias_init=m.get("logit_bias_init", None), num_classes=m.get("num_classes", 0),
+                        decoder=head("decoder"))
+
+
+def build(config, mesh: Mesh) -> Method:
+  model = model_from_config(config)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  terms = [dict(term, key=key) for key, term in config.loss.terms.to_dict().items()]
+  augment = config.augment.to_dict() if model.projection else {}
+  max_scale = config.model.get("max_logit_scale", 100.0)
+
+  def init(rng, batch):
+    tokens = batch["caption"][:2] if "caption" in batch else None
+    variables = dict(model.init(rng, normalize_images(batch["image"][:2], mean, std), tokens, train=False))
+    return variables.pop("params"), variables, {}
+
+  def loss_fn(params, model_state, extra, batch, rng):
+    images = batch["image"]
+    views = 3 if model.projection else 1
+    if model.projection:  # the clean image and two SimCLR views, example-major: [B * 3, S, S, 3]
+      augmented = augment_jax.multi_view(jax.random.fold_in(rng, 0), images, 2, **augment)
+      images = _example_major(jnp.concatenate([(images.astype(jnp.float32) / 255.0)[None], augmented]))
+    out, new_state = model.apply({"params": params, **model_state}, normalize_images(images, mean, std),
+                                 batch.get("caption"), train=True, views=views, mutable=list(model_state),
+                                 rngs={"dropout": jax.random.fold_in(rng, 1)})
+    outputs = {k: v for k, v in out.items() if k != "features"}
+    if model.text:
+      outputs["logit_scale"] = jnp.minimum(outputs["logit_scale"], max_scale)
+    if model.num_classes:
+      outputs.update(class_logits=outputs["class_logits"][:, None], class_targets=batch["label"][:, None])
+    if model.decoder:
+      targets = batch["caption"][:, 1:]
+      outputs.update(caption_targets=targets, caption_mask=(targets != 0).astype(jnp.float32))
+    value, metrics = combined_loss(terms, mesh, outputs)
+    metrics = {**{f"loss_{k}": v for k, v in metrics.items() if k != "total"}, "loss": value}
+    if model.text:
+      metrics["logit_scale"] = outputs["logit_scale"]
+    return value, (dict(new_state), extra, metrics)
+
+  def features(params, model_state, batch):
+    return model.apply({"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False,
+                       method="encode")
+
+  def embed_fn(params, model_state, batch) -> jax.Array:
+    return features(params, model_state, batch)[0]
+
+  def evaluate(config, state, mesh) -> dict:
+    return evaluate_heads(config, model, state, mesh, jax.jit(features))
+
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate)
+
+
+def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict:
+  """Zero-shot + retrieval (text tower), test accuracy (classifier), greedy captions (decoder) on the test split.
+
+  features: jitted (params, model_state, {"image"}) -> (pooled [b, F], tokens or None).
+  """
+  import evaluators
+  import input_pipeline
+  import numpy as np
+  from input_pipeline import tokenizers
+  from train import mesh as mesh_lib
+  variables = {"params": state.params, **state.model_state}
+  results = {}
+  pooled = lambda b: features(state.params, state.model_state, b)[0]
+  if model.text:
+    image_fn = jax.jit(lambda b: model.apply(variables, pooled(b), method="image_embedding"))
+    text_fn = jax.jit(lambda b: model.apply(variables, b["caption"], train=False, method="text_embedding"))
+    results.update(image_text.zero_shot_and_retrieval(config, mesh, image_fn, text_fn))
+  test = input_pipeline.load_split(config.data, "test")
+  sharding = mesh_lib.batch_sharding(mesh)
+  if model.num_classes:
+    logits = evaluators.embed_arrays(jax.jit(lambda b: model.apply(variables, pooled(b), method="classify")),
+                                     {"image": test["image"]}, batch_size=config.eval.batch_size, sharding=sharding)
+    results["classifier_accuracy"] = float(np.mean(np.argmax(logits, -1) == test["label"]))
+  if model.decoder:
+    tokenizer = tokenizers.get(config.data.tokenizer, config.data.get("tokenizer_path", ""))
+    decoder = models.get("caption_decoder")(**model.decoder)
+    max_len = config.data.get("max_text_len", 64)
+    decode = jax.jit(lambda b: decoder.greedy_decode(state.params["caption_decoder"],
+                                                     features(state.params, state.model_state, b)[1], max_len,
+                                                     tokenizer.bos_id, tokenizer.eos_id))
+    n = config.eval.get("caption_examples", 256)
+    tokens = evaluators.embed_arrays(decode, {"image": test["image"][:n]}, batch_size=config.eval.batch_size,
+                                     sharding=sharding)
+    captions = tokenizer.decode(tokens)
+    results["caption_exact_match"] = float(np.mean([c == t for c, t in zip(captions, test["caption"][:n])]))
+    if "label" in test:
+      names = image_text.class_names(config)
+      results["caption_names_class"] = float(np.mean(
+          [f" {names[y]} " in f" {c} " for c, y in zip(captions, test["label"][:n])]))
+    results["caption_samples"] = [f"{c}  (true: {t})" for c, t in zip(captions[:4], test["caption"][:4])]
+  return results

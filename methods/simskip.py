@@ -1,0 +1,110 @@
+"""SimSkip (Liu et al. 2024): refine fixed input embeddings with an MLP plus a skip connection, out = x + MLP(x),
+trained contrastively on two noisy views of each input (feature dropout + Gaussian noise), NT-Xent by default.
+
+Inputs: precomputed embeddings (data.name = "embeddings": "embedding" [B, D], or [B, V, D] for sentence pairs, each
+row used on its own), or, for image data, average-pooled pixels (simskip.pixel_pool x pixel_pool x 3 values) as a
+fixed encoder that needs no checkpoint. The evaluation compares the refined embeddings with their inputs on the same
+downstream probe: linear probe + kNN on the labels, or STS Spearman (config.eval.sts_path, with
+config.eval.sts_embeddings holding the [N, 2, D] embeddings of its sentence pairs).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+import losses
+from methods.base import Method, normalize_images, on_mesh
+from methods.simclr import EncoderWithHead
+
+
+def input_features(batch: dict, pixel_pool: int, mean, std) -> jax.Array:
+  """Fixed input embeddings [N, D]: batch["embedding"] rows, else average-pooled standardised pixels."""
+  if "embedding" in batch:
+    x = batch["embedding"].astype(jnp.float32)
+    return x.reshape(-1, x.shape[-1])
+  images = normalize_images(batch["image"], mean, std)
+  b, h, w, c = images.shape
+  pooled = images.reshape(b, pixel_pool, h // pixel_pool, pixel_pool, w // pixel_pool, c).mean(axis=(2, 4))
+  return pooled.reshape(b, -1)
+
+
+def noisy_view(rng: jax.Array, x: jax.Array, dropout: float, noise: float) -> jax.Array:
+  """x [N, D] with features dropped (kept ones scaled by 1 / (1 - p)) plus N(0, (noise * rms(x_i))^2) per row."""
+  keep_rng, noise_rng = jax.random.split(rng)
+  keep = jax.random.bernoulli(keep_rng, 1.0 - dropout, x.shape)
+  rms = jnp.sqrt(jnp.mean(x**2, axis=-1, keepdims=True))
+  return jnp.where(keep, x / (1.0 - dropout), 0.0) + noise * rms * jax.random.normal(noise_rng, x.shape)
+
+
+def build(config, mesh: Mesh) -> Method:
+  model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
+  hyper = config.loss.to_dict()
+  loss = on_mesh(losses.get(hyper.pop("name")), mesh, num_inputs=2, **hyper)
+  views = config.simskip
+  mean, std = tuple(config.data.get("mean", (0.5,) * 3)), tuple(config.data.get("std", (0.25,) * 3))
+  features = lambda batch: input_features(batch, views.pixel_pool, mean, std)
+
+  def init(rng, batch):
+    variables = model.init(rng, features(batch)[:2], train=False)
+    params = variables.pop("params")
+    return params, dict(variables), {}
+
+  def loss_fn(params, model_state, extra, batch, rng):
+    x = features(batch)
+    pair = jnp.concatenate([noisy_view(jax.random.fold_in(rng, v), x, views.dropout, views.noise) for v in range(2)])
+    (_, z), new_state = model.apply({"params": params, **model_state}, pair, train=True, mutable=list(model_state))
+    z1, z2 = jnp.split(z, 2)
+    value = loss(z1, z2)
+    return value, (dict(new_state), extra, {"loss": value})
+
+  def embed_fn(params, model_state, batch) -> jax.Array:
+    h, _ = model.apply({"params": params, **model_state}, features(batch), train=False, project=False)
+    return h
+
+  def evaluate(config, state, mesh) -> dict:
+    refine = jax.jit(lambda b: embed_fn(state.params, state.model_state, b))
+    return compare_with_inputs(config, mesh, jax.jit(features), refine)
+
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate)
+
+
+def compare_with_inputs(config, mesh, inputs, refine) -> dict:
+  """The same probe on input and refined embeddings: {input,refined}_{sts_spearman | linear_probe_accuracy, knn_...}.
+
+  inputs, refine: jitted batch -> [b, D] (input embeddings and refined ones).
+  """
+  import evaluators
+  import input_pipeline
+  from train import mesh as mesh_lib
+
+  def embed(fn, arrays):
+    return evaluators.embed_arrays(fn, arrays, batch_size=config.eval.batch_size,
+                                   sharding=mesh_lib.batch_sharding(mesh))
+
+  results = {}
+  if config.eval.get("sts_path", ""):
+    scores, _, _ = evaluators.load_sts_tsv(config.eval.sts_path)
+    pairs = np.load(config.eval.sts_embeddings).astype(np.float32)  # [N, 2, D]
+    if len(pairs) != len(scores):
+      raise ValueError(f"{config.eval.sts_embeddings} has {len(pairs)} pairs, {config.eval.sts_path} {len(scores)}.")
+    for name, fn in (("input", inputs), ("refined", refine)):
+      first, second = (embed(fn, {"embedding": pairs[:, i]}) for i in range(2))
+      results[f"{name}_sts_spearman"] = evaluators.sts_spearman(first, second, scores)
+    return results
+  splits = {s: input_pipeline.load_split(config.data, s) for s in ("train", "test")}
+  limit = config.eval.get("train_examples", 0) or None
+  key = "embedding" if "embedding" in splits["test"] else "image"
+  train = {key: splits["train"][key][:limit]}
+  train_y, test_y = splits["train"]["label"][:limit], splits["test"]["label"]
+  num_classes = config.data.num_classes
+  results["chance"] = 1.0 / num_classes
+  for name, fn in (("input", inputs), ("refined", refine)):
+    train_x, test_x = embed(fn, train), embed(fn, {key: splits["test"][key]})
+    probe = evaluators.linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=config.seed)
+    results[f"{name}_linear_probe_accuracy"] = float(probe["accuracy"])
+    results[f"{name}_knn_accuracy"] = float(evaluators.knn_accuracy(
+        train_x, train_y, test_x, test_y, k=config.eval.knn_k, temperature=config.eval.knn_temperature,
+        num_classes=num_classes))
+  return results
