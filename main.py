@@ -11,6 +11,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(arg); `file.py:arg` passes arg.")
@@ -24,7 +25,8 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  # Orbax and jax log every checkpoint step at INFO; keep the console to the progress bar, warnings and results.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   workdir = _WORKDIR.value
   if _MODE.value == "embed":  # needs only the exported artifact, not the training code
     from export import embed
@@ -60,7 +62,7 @@ def _export(config, workdir: str, trained=None) -> str:
   size = config.data.image_size
   out = jax_export.export_image_encoder(method, state.params, state.model_state, image_shape=(size, size, 3),
                                         out_dir=os.path.join(os.path.abspath(workdir), "export"), config=config)
-  logging.info("Exported the encoder (jax.export) to %s", out)
+  print(f"exported the encoder (jax.export) to {out}")
   if config.export.get("saved_model", True):
     try:
       import tensorflow  # noqa: F401  (optional: GPU machines may not have it)
@@ -70,7 +72,7 @@ def _export(config, workdir: str, trained=None) -> str:
       from export import saved_model
       path = saved_model.export_image_encoder_saved_model(method, state.params, state.model_state,
                                                           image_shape=(size, size, 3), out_dir=out)
-      logging.info("Exported the encoder (TF SavedModel) to %s", path)
+      print(f"exported the encoder (TF SavedModel) to {path}")
   return out
 
 

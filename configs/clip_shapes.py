@@ -51,11 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "bidirectional" in args:
     c.model.text.causal = False
   if "jsonl" in args:  # image-text pairs: {"image": path, "text": caption} per line; retrieval only (no labels)
-    c.data.name, c.data.path, c.data.image_size = "jsonl", "", 64
-    c.data.mean, c.data.std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    c.data.update(dict(name="jsonl", path="", image_size=64, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28)))
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    c.data.image_size, c.data.max_text_len = 16, 48
-    c.data.train_size, c.data.test_size = 64, 64
+    c.data.update(dict(image_size=16, train_size=64, test_size=64, max_text_len=48))
     c.model.image = dict(name="vit", patch_size=4, width=16, depth=1, num_heads=2, pool="gap")
     if "resnet" in args:
       c.model.image = dict(name="resnet", stage_sizes=(1,), width=8, stem="cifar")

@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.update(dict(image_size=16, train_size=64, test_size=64))
     c.model.update(dict(stage_sizes=(1,), width=8))
     c.head.update(dict(hidden_dim=16, out_dim=16))
-    c.moco.update(dict(queue_size=32, momentum=0.9))
+    c.moco.update(dict(queue_size=48, momentum=0.9))
     c.loss.update(dict(num_hard=16, num_mixed=8, num_query_mixed=4) if "mochi" in args else {})
     c.batch_size = 16
     c.total_steps = 20

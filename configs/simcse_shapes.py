@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.update(dict(train_size=64, test_size=64, max_text_len=48))
     c.model.update(dict(context_length=48, width=16, depth=1, num_heads=2))
     c.head.update(dict(hidden_dim=16, out_dim=16))
-    c.simcse.queue_size = 32 if "esimcse" in args else 0
+    c.simcse.queue_size = 48 if "esimcse" in args else 0
     c.simcse.momentum = 0.9
     c.loss.temperature = 0.1
     c.batch_size = 16

@@ -6,7 +6,23 @@ from typing import Callable
 
 from methods.base import Method
 
-_MODULES = {"simclr": "methods.simclr"}
+# One file per method; variants of a method share its file and are told apart by the config:
+# siglip and lit by config.loss.name / config.model.lock_image in clip.py, esimcse by config.simcse.queue_size,
+# coca (a CoCa-style hybrid) by the heads and loss terms of its multitask config.
+_MODULES = {
+    "simclr": "methods.simclr",
+    "clip": "methods.clip",
+    "siglip": "methods.clip",
+    "lit": "methods.clip",
+    "moco": "methods.moco",
+    "supcon": "methods.supcon",
+    "swav": "methods.swav",
+    "simcse": "methods.simcse",
+    "esimcse": "methods.simcse",
+    "simskip": "methods.simskip",
+    "multitask": "methods.multitask",
+    "coca": "methods.multitask",
+}
 
 
 def names() -> list[str]:

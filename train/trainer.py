@@ -365,9 +365,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
     profile.stop()
     bar.close()
     checkpointer.close()
-    writer.flush()
+    writer.close()
 
-  writer.close()
   if jax.process_index() == 0:
     from evaluators import plots
     plots.plot_curves(writer.jsonl_path, plot_dir)
@@ -418,7 +417,7 @@ def evaluate(config, method: methods.Method, state: TrainState, mesh: Mesh, *, w
 
   With `plot_dir`, also writes a 2-D PCA of the test features and a histogram of positive vs negative similarities.
   """
-  import evaluators
+  state = evaluation_state(config, state)
   if method.evaluate is not None:
     results = {"step": step, **method.evaluate(config, state, mesh)}
   else:

@@ -1,0 +1,185 @@
+"""Scaling levers of the trainer give the same training as the plain step: FSDP, gradient accumulation (plain and
+cached-embedding), remat, bf16 compute, EMA; FSDP memory per device; no host transfers in the steady-state step."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import input_pipeline
+import methods
+from configs import simclr_shapes
+from methods.base import Method
+from train import mesh as mesh_lib
+from train import optim
+from train import partition
+from train import trainer
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  c = simclr_shapes.get_config("tiny")
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def vit_config(**overrides) -> ml_collections.ConfigDict:
+  """SimCLR with a BatchNorm-free encoder and head: every embedding depends on its own example only."""
+  c = tiny_config(**overrides)
+  c.model = ml_collections.ConfigDict(dict(name="vit", patch_size=8, width=32, depth=2, num_heads=2, remat=False,
+                                           dtype="float32"))
+  c.head = ml_collections.ConfigDict(dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=False, dtype="float32"))
+  return c
+
+
+def run_steps(config, num_steps: int, method: Method | None = None):
+  """States (on host) after each of `num_steps` train steps of `config` on all 8 devices, and the last metrics."""
+  mesh = mesh_lib.build_mesh(config.mesh)
+  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
+                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed)
+  batches = [next(data) for _ in range(num_steps)]
+  data.close()
+  method = method or methods.get(config.method)(config, mesh)
+  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
+  state, shardings = trainer.create_train_state(config, method, tx, mesh, batches[0])
+  step = trainer.make_train_step(method, tx, shardings, lr, **trainer.train_step_options(config))
+  states = [jax.device_get(state)]
+  for batch in batches:
+    state, metrics = step(state, batch)
+    states.append(jax.device_get(state))
+  return states, jax.device_get(metrics), shardings
+
+
+def assert_trees_close(a, b, tol=1e-5):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
+
+
+@pytest.fixture(scope="module")
+def vit_baseline():
+  """Two plain steps (no accumulation, no remat, float32) of the BatchNorm-free SimCLR."""
+  return run_steps(vit_config(), 2)
+
+
+def test_fsdp_step_equals_data_parallel_step():
+  data_parallel, m_dp, _ = run_steps(tiny_config(), 3)
+  config = tiny_config()
+  config.mesh.data, config.mesh.fsdp = 2, 4
+  fsdp, m_fsdp, shardings = run_steps(config, 3)
+  assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(shardings.params)), "no parameter was FSDP-sharded"
+  np.testing.assert_allclose(m_fsdp["loss"], m_dp["loss"], rtol=1e-5)
+  assert_trees_close(fsdp[-1].params, data_parallel[-1].params)
+  assert_trees_close(fsdp[-1].model_state, data_parallel[-1].model_state)
+
+
+def test_vit_b16_fsdp_holds_an_eighth_of_the_state_per_device():
+  config = tiny_config(batch_size=8)
+  config.mesh.data, config.mesh.fsdp = 1, 8
+  config.data.image_size = 224
+  config.model = ml_collections.ConfigDict(dict(name="vit_b16"))
+  config.optimizer.name = "adamw"
+  mesh = mesh_lib.build_mesh(config.mesh)
+  method = methods.get("simclr")(config, mesh)
+  tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
+  sample = {"image": jax.ShapeDtypeStruct((8, 224, 224, 3), jnp.uint8)}
+  shapes, shardings = trainer.abstract_train_state(config, method, tx, mesh, sample)
+  backbone = shapes.params["backbone"]
+  assert 85e6 < sum(x.size for x in jax.tree.leaves(backbone)) < 87e6  # ViT-B/16: 86M parameters
+  replicated = partition.infer_shardings(shapes, mesh, [(".*", "replicate")])
+  for tree in ("params", "opt_state"):
+    full = partition.bytes_per_device(getattr(shapes, tree), getattr(replicated, tree))
+    per_device = partition.bytes_per_device(getattr(shapes, tree), getattr(shardings, tree))
+    assert full / 8 <= per_device < 1.02 * full / 8, (tree, per_device / full)
+
+
+def _regression_method(config, mesh) -> Method:
+  """A non-contrastive loss, a mean over examples: least squares of a linear map of the pixels onto the label."""
+  model = nn.Dense(1)
+  features = lambda batch: batch["image"].reshape(batch["image"].shape[0], -1).astype(jnp.float32) / 255.0
+
+  def loss_fn(params, model_state, extra, batch, rng):
+    error = model.apply({"params": params}, features(batch))[:, 0] - batch["label"].astype(jnp.float32)
+    value = jnp.mean(error ** 2)
+    return value, (model_state, extra, {"loss": value})
+
+  return Method(init=lambda rng, batch: (model.init(rng, features(batch))["params"], {}, {}), loss_fn=loss_fn,
+                embed_fn=lambda params, model_state, batch: features(batch))
+
+
+def test_micro_batch_accumulation_equals_one_big_batch_for_a_mean_loss():
+  mesh = mesh_lib.build_mesh(tiny_config().mesh)
+  full, m_full, _ = run_steps(tiny_config(), 2, _regression_method(None, mesh))
+  accumulated, m_acc, _ = run_steps(tiny_config(grad_accum_steps=4), 2, _regression_method(None, mesh))
+  np.testing.assert_allclose(m_acc["loss"], m_full["loss"], rtol=1e-5)
+  assert_trees_close(accumulated[-1].params, full[-1].params)
+
+
+def test_cached_embedding_accumulation_equals_one_big_batch_for_a_contrastive_loss(vit_baseline):
+  full, m_full, _ = vit_baseline
+  cached, m_cached, _ = run_steps(vit_config(grad_accum_steps=4, grad_accum_mode="cached"), 2)
+  np.testing.assert_allclose(m_cached["loss"], m_full["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m_cached["grad_norm"], m_full["grad_norm"], rtol=1e-5)
+  assert_trees_close(cached[-1].params, full[-1].params)
+
+
+def test_cached_mode_needs_a_method_that_splits_its_loss():
+  mesh = mesh_lib.build_mesh(tiny_config().mesh)
+  with pytest.raises(ValueError, match="grad_accum_mode='cached' needs a method"):
+    trainer.resolve_accum_mode(_regression_method(None, mesh), "cached")
+
+
+def test_batch_not_divisible_into_micro_batches_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"batch_size=32 does not split into grad_accum_steps=3 micro-batches"):
+    mesh_lib.check_batch_size(32, mesh_lib.build_mesh(tiny_config().mesh), accum_steps=3)
+
+
+def test_remat_gives_the_same_training(vit_baseline):
+  config = vit_config()
+  config.model.remat = True
+  remat, m_remat, _ = run_steps(config, 2)
+  np.testing.assert_allclose(m_remat["grad_norm"], vit_baseline[1]["grad_norm"], rtol=1e-6)
+  assert_trees_close(remat[-1].params, vit_baseline[0][-1].params, tol=1e-6)
+
+
+def test_bf16_compute_keeps_float32_params_and_optimizer_state(vit_baseline):
+  config = vit_config()
+  config.model.dtype = config.head.dtype = "bfloat16"
+  states, metrics, _ = run_steps(config, 1)
+  floats = [x for x in jax.tree.leaves((states[-1].params, states[-1].opt_state)) if x.dtype.kind == "f"]
+  assert floats and all(x.dtype == np.float32 for x in floats)
+  np.testing.assert_allclose(metrics["loss"], vit_baseline[1]["loss"], rtol=0.05)  # same model, bf16 rounding
+
+
+@pytest.fixture(scope="module")
+def ema_run():
+  """Three steps with an EMA of the parameters (decay 0.5), keeping the jitted step for a further call."""
+  config = vit_config(ema_decay=0.5)
+  mesh = mesh_lib.build_mesh(config.mesh)
+  batch = next(input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
+                                    sharding=mesh_lib.batch_sharding(mesh), seed=config.seed))
+  method = methods.get(config.method)(config, mesh)
+  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
+  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
+  step = trainer.make_train_step(method, tx, shardings, lr, **trainer.train_step_options(config))
+  history = [jax.device_get(state)]
+  for _ in range(3):
+    state, _ = step(state, batch)
+    history.append(jax.device_get(state))
+  return step, state, batch, history
+
+
+def test_ema_params_follow_the_exponential_moving_average(ema_run):
+  *_, history = ema_run
+  expected = history[0].params
+  for state in history[1:]:
+    expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, expected, state.params)
+    assert_trees_close(state.ema_params, expected, tol=1e-6)
+  assert not np.allclose(history[-1].ema_params["head"]["fc1"]["kernel"], history[-1].params["head"]["fc1"]["kernel"])
+
+
+def test_steady_state_step_makes_no_host_transfers(ema_run):
+  step, state, batch, _ = ema_run
+  with jax.transfer_guard("disallow"):
+    state, metrics = step(state, batch)
+    state, metrics = step(state, batch)
+  assert int(jax.device_get(state.step)) == 5 and np.isfinite(jax.device_get(metrics["loss"]))
