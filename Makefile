@@ -13,12 +13,16 @@ $(BIN)/activate: requirements.txt
 	$(BIN)/pip install -q -r requirements.txt
 	touch $(BIN)/activate
 
+$(VENV)/.test-extras: $(BIN)/activate requirements-test.txt
+	-$(BIN)/pip install -q --no-deps -r requirements-test.txt
+	touch $@
+
 venv: $(BIN)/activate
 
 run: venv
 	$(BIN)/python main.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: venv
+test: venv $(VENV)/.test-extras
 	$(BIN)/python -m pytest -q tests
 
 clean:
