@@ -4,6 +4,7 @@
     python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=eval
     python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=export
     python main.py --mode=embed --workdir=workdirs/simclr --input=images.npy --output=emb.npy
+    python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # one per host
 """
 import json
 import logging
@@ -20,6 +21,14 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "embed"],
 _INPUT = flags.DEFINE_string("input", None, "--mode=embed: .npy array, folder of images, or text file.")
 _OUTPUT = flags.DEFINE_string("output", None, "--mode=embed: where to write the embeddings (.npy).")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "--mode=embed: exported model directory (default <workdir>/export).")
+_PROFILE = flags.DEFINE_bool("profile", False, "--mode=train: write a jax.profiler trace of config.profile_steps "
+                              "(default: the 3rd to 5th step) to <workdir>/profile.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0 "
+                                   "(default $JAX_COORDINATOR_ADDRESS; on SLURM/Open MPI/Cloud TPU detected).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes "
+                                      "(default $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index "
+                                   "(default $JAX_PROCESS_ID).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -38,9 +47,11 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required for --mode=train/eval/export (e.g. --config=configs/simclr_shapes.py).")
 
+  from train import distributed
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from train import trainer
   if _MODE.value == "train":
-    results = trainer.train_and_evaluate(config, workdir)
+    results = trainer.train_and_evaluate(config, workdir, profile=_PROFILE.value)
     if "stopped_at_step" not in results and config.export.enabled:
       _export(config, workdir)
   else:

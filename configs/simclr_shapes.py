@@ -2,6 +2,7 @@
 
     python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr
     python main.py --config=configs/simclr_shapes.py:tiny --workdir=/tmp/w     # seconds, for tests
+    python main.py --config=configs/simclr_shapes.py:cifar10,resnet18 --workdir=w  # real CIFAR-10 (../shared/data), ResNet-18
     python main.py --config=configs/simclr_shapes.py --config.batch_size=512 --config.total_steps=1000 ...
 """
 import ml_collections
@@ -13,14 +14,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict(dict(
-      name="shapes", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="",
+      name="shapes", path="", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="",
       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
 
   c.model = ml_collections.ConfigDict(dict(name="resnet", stage_sizes=(1, 1, 1, 1), width=16, stem="cifar"))
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
   c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
   c.augment = ml_collections.ConfigDict(dict(
-      crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2))
+      crop_scale=(0.3, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2,
+      hue_range=0.5))  # flat-coloured shapes: a full hue turn so colour cannot identify an image
 
   c.batch_size = 256
   c.total_steps = 600
@@ -39,7 +41,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       health_examples=1024))
   c.export = ml_collections.ConfigDict(dict(enabled=True, saved_model=True))
 
-  if arg == "tiny":  # seconds on CPU: tests and smoke runs
+  options = [o for o in (arg or "").split(",") if o]
+  unknown = set(options) - {"tiny", "cifar10", "resnet18"}
+  if unknown:
+    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use a comma-separated subset of tiny,cifar10,resnet18.")
+  if "cifar10" in options:  # ../shared/data/cifar10.npz by default; set --config.data.path for another copy
+    c.data.name = "cifar10_npz"
+    c.data.mean, c.data.std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+    c.augment.crop_scale = (0.08, 1.0)
+    c.augment.hue_range = None  # torchvision default: 0.2 x strength
+  if "resnet18" in options:  # the peers' backbone and head (ResNet-18 CIFAR stem, 512-2048-128)
+    c.model = ml_collections.ConfigDict(dict(name="resnet18_cifar"))
+    c.head.hidden_dim, c.head.out_dim = 2048, 128
+  if "tiny" in options:  # seconds on CPU: tests and smoke runs
     c.data.train_size, c.data.test_size = 256, 128
     c.model.width = 8
     c.head.hidden_dim, c.head.out_dim = 32, 16
@@ -51,6 +65,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.knn_k = 20
     c.eval.train_examples = 256
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; use nothing or 'tiny'.")
   return c

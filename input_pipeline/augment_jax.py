@@ -85,7 +85,7 @@ def _sample_crop(u, height: int, width: int, scale, ratio):
     return u[2 * n] * (height - h), u[2 * n + 1] * (width - w), h, w
 
 
-def _colour_map(u, mean_rgb, strength: float, jitter_prob: float, grayscale_prob: float):
+def _colour_map(u, mean_rgb, strength: float, jitter_prob: float, grayscale_prob: float, hue_range: float | None):
     """(M [3, 3], b [3]) of colour jitter then grayscale, from uniforms u [6]: rgb -> M rgb + b.
 
     Without clipping between them, brightness, contrast, saturation and the YIQ hue rotation commute (each
@@ -94,7 +94,8 @@ def _colour_map(u, mean_rgb, strength: float, jitter_prob: float, grayscale_prob
     s = 0.8 * strength
     lo = max(0.0, 1.0 - s)
     brightness, contrast, saturation = (lo + (1.0 + s - lo) * u[k] for k in (1, 2, 3))
-    hue = (u[4] - 0.5) * 0.4 * strength * 2 * jnp.pi  # U[-0.2 s, 0.2 s] of a turn
+    hue_range = 0.2 * strength if hue_range is None else hue_range
+    hue = (u[4] - 0.5) * 2 * hue_range * 2 * jnp.pi  # U[-hue_range, hue_range] of a turn
     to_gray = np.outer(np.ones(3), _LUMA)
     # Hue: rotate the chroma plane (I, Q) of YIQ by the hue angle.
     hue_matrix = _HUE_FIXED + jnp.cos(hue) * _HUE_COS + jnp.sin(hue) * _HUE_SIN
@@ -109,7 +110,7 @@ def _colour_map(u, mean_rgb, strength: float, jitter_prob: float, grayscale_prob
 
 
 def _augment_one(key, image, *, out_size, crop_scale, crop_ratio, flip_prob, jitter_strength, jitter_prob,
-                 grayscale_prob, blur_prob, blur_sigma, solarize_prob):
+                 grayscale_prob, blur_prob, blur_sigma, solarize_prob, hue_range):
     height, width = image.shape[:2]
     out_h, out_w = out_size
     u = jax.random.uniform(key, (_NUM_UNIFORMS,))
@@ -124,7 +125,7 @@ def _augment_one(key, image, *, out_size, crop_scale, crop_ratio, flip_prob, jit
         rows = jnp.where(blur, _gaussian_matrix(sigma, out_h) @ rows, rows)
         cols = jnp.where(blur, _gaussian_matrix(sigma, out_w) @ cols, cols)
     view = jnp.einsum("oh,hwc,pw->opc", rows, image, cols)
-    m, b = _colour_map(u_colour, view.mean((0, 1)), jitter_strength, jitter_prob, grayscale_prob)
+    m, b = _colour_map(u_colour, view.mean((0, 1)), jitter_strength, jitter_prob, grayscale_prob, hue_range)
     view = jnp.clip(view @ m.T + b, 0.0, 1.0)
     if solarize_prob > 0:
         view = jnp.where(u_sol[0] < solarize_prob, jnp.where(view < 0.5, view, 1.0 - view), view)
@@ -135,11 +136,13 @@ def simclr_augment(rng: jax.Array, images: jax.Array, *, out_size: int | Sequenc
                    crop_scale: Sequence[float] = (0.08, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
                    flip_prob: float = 0.5, jitter_strength: float = 0.5, jitter_prob: float = 0.8,
                    grayscale_prob: float = 0.2, blur_prob: float = 0.0, blur_sigma: Sequence[float] = (0.1, 2.0),
-                   solarize_prob: float = 0.0, example_ids: jax.Array | None = None) -> jax.Array:
+                   solarize_prob: float = 0.0, hue_range: float | None = None,
+                   example_ids: jax.Array | None = None) -> jax.Array:
     """One SimCLR view of each image: uint8 or float [B, H, W, 3] -> float32 [B, h, w, 3] in [0, 1].
 
     Brightness / contrast / saturation factors ~ U[1 - 0.8 s, 1 + 0.8 s], hue ~ U[-0.2 s, 0.2 s] of a turn
-    (s = jitter_strength). Example i's key is fold_in(rng, example_ids[i]) (default ids 0..B-1): pass global
+    (s = jitter_strength; `hue_range` overrides the 0.2 s, e.g. 0.5 for a full turn on flat-coloured data where hue
+    alone would identify an image). Example i's key is fold_in(rng, example_ids[i]) (default ids 0..B-1): pass global
     example ids when calling on a local shard (e.g. inside shard_map). `out_size` defaults to (H, W).
     """
     images = _as_float(images)
@@ -148,7 +151,7 @@ def simclr_augment(rng: jax.Array, images: jax.Array, *, out_size: int | Sequenc
     one = lambda k, x: _augment_one(  # noqa: E731
         k, x, out_size=out_size, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio), flip_prob=flip_prob,
         jitter_strength=jitter_strength, jitter_prob=jitter_prob, grayscale_prob=grayscale_prob,
-        blur_prob=blur_prob, blur_sigma=tuple(blur_sigma), solarize_prob=solarize_prob)
+        blur_prob=blur_prob, blur_sigma=tuple(blur_sigma), solarize_prob=solarize_prob, hue_range=hue_range)
 
     def augment(key, ids, images):
         return jax.vmap(one)(jax.vmap(jax.random.fold_in, (None, 0))(key, ids), images)
