@@ -21,13 +21,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
   c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
   c.augment = ml_collections.ConfigDict(dict(
-      crop_scale=(0.3, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2,
+      crop_scale=(0.5, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2,
       hue_range=0.5))  # flat-coloured shapes: a full hue turn so colour cannot identify an image
 
-  c.batch_size = 256
-  c.total_steps = 600
+  c.batch_size = 128
+  c.total_steps = 800
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="lars", base_lr=1.0, scale_by_batch=True, batch_size=c.get_ref("batch_size"), weight_decay=1e-6,
+      name="adamw", base_lr=5e-3, scale_by_batch=False, batch_size=c.get_ref("batch_size"), weight_decay=1e-4,
       momentum=0.9, warmup_steps=50, schedule="cosine", grad_clip_norm=0.0))
   c.nonfinite = "stop"  # or "skip": a NaN/Inf step is never applied; "stop" raises with a clear message
 
@@ -50,6 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.mean, c.data.std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
     c.augment.crop_scale = (0.08, 1.0)
     c.augment.hue_range = None  # torchvision default: 0.2 x strength
+    # The torch peer's recipe (../shared/peers/simclr_cifar10_quality_torch.py): SGD 0.06 x B/256, NT-Xent t=0.5.
+    c.batch_size = 256
+    c.loss.temperature = 0.5
+    c.optimizer.update(dict(name="sgd", base_lr=0.06, scale_by_batch=True, weight_decay=5e-4, warmup_steps=0))
   if "resnet18" in options:  # the peers' backbone and head (ResNet-18 CIFAR stem, 512-2048-128)
     c.model = ml_collections.ConfigDict(dict(name="resnet18_cifar"))
     c.head.hidden_dim, c.head.out_dim = 2048, 128
