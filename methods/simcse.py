@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import losses
+from methods import pretrained
 from methods.base import Method, on_mesh
 from methods.moco import ema, enqueue
 from methods.simclr import EncoderWithHead
@@ -50,7 +51,7 @@ def build(config, mesh: Mesh) -> Method:
   def init(rng, batch):
     params_rng, queue_rng = jax.random.split(rng)
     variables = model.init(params_rng, text_tokens(batch)[:2], train=False)
-    params = variables.pop("params")
+    params = pretrained.load_into(config.get("pretrained"), variables.pop("params"))
     extra = {}
     if queue_size:
       queue = losses.l2_normalize(jax.random.normal(queue_rng, (queue_size, config.head.out_dim)))

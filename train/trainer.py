@@ -47,12 +47,13 @@ def abstract_train_state(config, method: methods.Method, tx: optax.GradientTrans
                          sample_batch: dict) -> tuple[TrainState, Any]:
   """Shapes and dtypes of the train state (jax.eval_shape: nothing is allocated) and its shardings.
 
-  Shardings come from the regex rules `config.partition_rules` on the state's leaf paths (default: FSDP for large
-  arrays, see partition.DEFAULT_RULES). `sample_batch` may hold jax.ShapeDtypeStructs.
+  Shardings come from the regex rules `config.partition_rules` on the state's leaf paths (default: FSDP for arrays of
+  at least config.fsdp_min_size elements, see partition.DEFAULT_RULES). `sample_batch` may hold ShapeDtypeStructs.
   """
   shapes = jax.eval_shape(_init_fn(config, method, tx), jax.random.PRNGKey(config.seed), sample_batch)
   rules = [tuple(r) for r in config.get("partition_rules", partition.DEFAULT_RULES)]
-  return shapes, partition.infer_shardings(shapes, mesh, rules=rules)
+  return shapes, partition.infer_shardings(shapes, mesh, rules=rules,
+                                           fsdp_min_size=int(config.get("fsdp_min_size", 2**14)))
 
 
 def create_train_state(config, method: methods.Method, tx: optax.GradientTransformation, mesh: Mesh,
@@ -271,10 +272,13 @@ def _any_process(flag: bool) -> bool:
   return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
 
-def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = True, stop_at: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = True, stop_at: int | None = None,
+                       profile: bool = False) -> dict:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates, writes results.json.
 
   `stop_at` behaves like a preemption signal arriving at that step (checkpoint, then return): for tests and drills.
+  `profile` traces steps config.profile_steps (first, last), by default the 3rd to 5th step of this run, into
+  <workdir>/profile; config.profile_steps alone also does.
   """
   workdir = prepare_workdir(workdir)
   mesh = mesh_lib.build_mesh(config.get("mesh"), devices)
@@ -307,11 +311,14 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
   # Compile once, ahead of the loop: the executable reports its FLOPs and memory per device.
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   start = int(state.step)
+  if start == 0 and config.eval.get("at_start", False):  # a baseline to compare the final evaluation with
+    evaluate(config, method, state, mesh, writer=writer, step=0)
   compiled_step = train_step.lower(state, first_batch).compile()
   step_cost = perf.compiled_stats(compiled_step)
   writer.write(start, {f"compiled/{k}": v for k, v in step_cost.items()})
   peak_flops = perf.peak_flops_per_device(config.get("peak_tflops", 0.0))
-  profile = perf.ProfileWindow(config.get("profile_steps", ()), os.path.join(workdir, "profile"))
+  profile_steps = tuple(config.get("profile_steps", ()) or ()) or ((start + 3, start + 5) if profile else ())
+  profiler = perf.ProfileWindow(profile_steps, os.path.join(workdir, "profile"))
   sync_every = max(1, int(config.log_every))
 
   bar = _progress(start, config.total_steps, progress)
@@ -320,9 +327,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
     with _StopRequest() as stop:
       for step in range(start + 1, config.total_steps + 1):
         batch = pending.pop() if pending else next(data)
-        profile.before_step(step)
+        profiler.before_step(step)
         state, metrics = compiled_step(state, batch)
-        profile.after_step(step, metrics)
+        profiler.after_step(step, metrics)
         # Check the previous step's flag while this one runs: no extra host-device sync per step.
         if pending_metrics is not None:
           _check_finite(pending_metrics, config, step - 1)
@@ -362,7 +369,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
     checkpointer.save_best(int(state.step), state, data.get_state(), results)
   finally:
     # Also on errors: pending async saves finish, so the last good checkpoint is complete.
-    profile.stop()
+    profiler.stop()
     bar.close()
     checkpointer.close()
     writer.close()
