@@ -2,8 +2,9 @@
 trained contrastively on two noisy views of each input (feature dropout + Gaussian noise), NT-Xent by default.
 
 Inputs: precomputed embeddings (data.name = "embeddings": "embedding" [B, D], or [B, V, D] for sentence pairs, each
-row used on its own), or, for image data, average-pooled pixels (simskip.pixel_pool x pixel_pool x 3 values) as a
-fixed encoder that needs no checkpoint. The evaluation compares the refined embeddings with their inputs on the same
+row used on its own); for image data, the pooled features of a frozen pretrained encoder (simskip.encoder, loaded
+from the run in simskip.encoder_checkpoint, params subtree simskip.encoder_checkpoint_key; kept in
+model_state["input_encoder"]), or without a checkpoint average-pooled pixels (simskip.pixel_pool^2 x 3 values). The evaluation compares the refined embeddings with their inputs on the same
 downstream probe: linear probe + kNN on the labels, or STS Spearman (config.eval.sts_path, with
 config.eval.sts_embeddings holding the [N, 2, D] embeddings of its sentence pairs).
 """
@@ -15,7 +16,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 import losses
+import models
 from methods.base import Method, normalize_images, on_mesh
+from methods.clip import load_locked_tower
 from methods.simclr import EncoderWithHead
 
 
@@ -44,28 +47,49 @@ def build(config, mesh: Mesh) -> Method:
   loss = on_mesh(losses.get(hyper.pop("name")), mesh, num_inputs=2, **hyper)
   views = config.simskip
   mean, std = tuple(config.data.get("mean", (0.5,) * 3)), tuple(config.data.get("std", (0.25,) * 3))
-  features = lambda batch: input_features(batch, views.pixel_pool, mean, std)
+  frozen = None
+  if views.get("encoder_checkpoint", ""):
+    encoder = views.encoder.to_dict()
+    frozen = models.get(encoder.pop("name"))(**encoder)
+    encoder_params, encoder_stats = load_locked_tower(views.encoder_checkpoint, views.encoder_checkpoint_key)
+
+  def features(model_state, batch):
+    if frozen is None or "embedding" in batch:
+      return input_features(batch, views.pixel_pool, mean, std)
+    return frozen.apply(model_state["input_encoder"], normalize_images(batch["image"], mean, std), train=False)
+
+  def own(model_state):
+    """The refiner's own collections (the frozen input encoder is not part of the model)."""
+    return {k: v for k, v in model_state.items() if k != "input_encoder"}
 
   def init(rng, batch):
-    variables = model.init(rng, features(batch)[:2], train=False)
+    model_state = {}
+    if frozen is not None:
+      model_state["input_encoder"] = {"params": jax.tree.map(jnp.asarray, encoder_params),
+                                      **({"batch_stats": jax.tree.map(jnp.asarray, encoder_stats)}
+                                         if encoder_stats else {})}
+    variables = model.init(rng, features(model_state, batch)[:2], train=False)
     params = variables.pop("params")
-    return params, dict(variables), {}
+    return params, {**dict(variables), **model_state}, {}
 
   def loss_fn(params, model_state, extra, batch, rng):
-    x = features(batch)
+    x = jax.lax.stop_gradient(features(model_state, batch))
     pair = jnp.concatenate([noisy_view(jax.random.fold_in(rng, v), x, views.dropout, views.noise) for v in range(2)])
-    (_, z), new_state = model.apply({"params": params, **model_state}, pair, train=True, mutable=list(model_state))
+    (_, z), new_state = model.apply({"params": params, **own(model_state)}, pair, train=True,
+                                    mutable=list(own(model_state)))
     z1, z2 = jnp.split(z, 2)
     value = loss(z1, z2)
-    return value, (dict(new_state), extra, {"loss": value})
+    return value, ({**model_state, **new_state}, extra, {"loss": value})
 
   def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply({"params": params, **model_state}, features(batch), train=False, project=False)
+    h, _ = model.apply({"params": params, **own(model_state)}, features(model_state, batch), train=False,
+                       project=False)
     return h
 
   def evaluate(config, state, mesh) -> dict:
+    inputs = jax.jit(lambda b: features(state.model_state, b))
     refine = jax.jit(lambda b: embed_fn(state.params, state.model_state, b))
-    return compare_with_inputs(config, mesh, jax.jit(features), refine)
+    return compare_with_inputs(config, mesh, inputs, refine)
 
   return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate)
 

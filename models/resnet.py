@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models import conv as conv_lib
 from models.registry import register
 
 # torchvision's ResNet init: He normal over fan-out.
@@ -57,12 +58,13 @@ def _shortcut(block: nn.Module, x, features: int):
     return block.norm(name="proj_bn")(x)
 
 
-def _conv(features: int, kernel_size: int, strides: int, *, name: str, dtype) -> nn.Conv:
+def _conv(features: int, kernel_size: int, strides: int, *, name: str, dtype, impl: str = "xla") -> nn.Module:
     """Bias-free k x k conv padded (k-1)//2 on every side as torch pads; XLA's "SAME" would pad a stride-2 conv
-    of an even-sized input only at the end."""
+    of an even-sized input only at the end. `impl`: the lowering (models.conv), same parameters either way."""
     pad = (kernel_size - 1) // 2
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+    return conv_lib.get(impl)(features, (kernel_size, kernel_size), strides=(strides, strides),
+                              padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init, dtype=dtype,
+                              name=name)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
@@ -86,12 +88,13 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9  # torch momentum 0.1
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"  # models.conv: "blocked" is faster on CPU hosts; checkpoints are interchangeable
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
-        conv = partial(_conv, dtype=self.dtype)
+        conv = partial(_conv, dtype=self.dtype, impl=self.conv_impl)
         norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)

@@ -18,20 +18,18 @@ from train import mesh as mesh_lib
 from train import optim
 from train import trainer
 
-# name -> (config module, config argument, overrides). LiT locks the image tower of the tiny MoCo run.
+# name -> (config module, config argument, overrides). LiT and SimSkip use the encoder of the tiny MoCo run.
 RECIPES = {
-    "simclr_dclw": ("simclr_shapes", "tiny", {"loss.name": "dclw", "data.image_size": 16, "model.stage_sizes": (1,)}),
-    "align_uniform": ("multitask_shapes", "tiny,align_uniform", {}),
     "clip": ("clip_shapes", "tiny", {}),
-    "siglip_ring": ("siglip_shapes", "tiny", {"loss.mode": "ring", "loss.chunk_size": 1}),
+    "siglip": ("siglip_shapes", "tiny", {}),
     "lit": ("lit_shapes", "tiny", {}),
     "moco": ("moco_shapes", "tiny", {}),
     "supcon": ("supcon_shapes", "tiny", {}),
     "swav_queue": ("swav_shapes", "tiny,queue", {}),
     "simcse": ("simcse_shapes", "tiny", {}),
-    "simcse_supervised": ("simcse_shapes", "tiny,supervised", {}),
-    "esimcse": ("simcse_shapes", "tiny,esimcse", {}),
-    "simskip": ("simskip_shapes", "tiny", {}),
+    # Supervised triplets (3 views) and ESimCSE's queue + momentum encoder in one run: every SimCSE code path.
+    "esimcse_supervised": ("simcse_shapes", "tiny,esimcse,supervised", {}),
+    "simskip": ("simskip_shapes", "tiny,encoder", {}),  # refines the features of the tiny MoCo encoder
     "coca": ("coca_shapes", "tiny", {}),
     "multitask": ("multitask_shapes", "tiny", {}),
 }
@@ -83,13 +81,10 @@ def train_steps(config, workdir: str) -> Run:
 
 
 def _triplets_tsv(path: str, n: int = 64) -> str:
-  """sentence<TAB>same-class caption<TAB>other-class caption rows from shapes captions (supervised SimCSE)."""
-  _, labels, captions = shapes.render(0, "train", np.arange(4 * n), image_size=8)
-  rows = []
-  for i in range(n):
-    same = np.flatnonzero((labels == labels[i]) & (np.arange(len(labels)) != i))[0]
-    other = np.flatnonzero(labels != labels[i])[0]
-    rows.append(f"{captions[i]}\t{captions[same]}\t{captions[other]}")
+  """sentence<TAB>positive<TAB>hard negative rows for supervised SimCSE: shapes captions, each its own positive
+  (an easy task for 20 steps) and a caption of another class as the hard negative."""
+  _, labels, captions = shapes.render(0, "train", np.arange(2 * n), image_size=8)
+  rows = [f"{captions[i]}\t{captions[i]}\t{captions[np.flatnonzero(labels != labels[i])[0]]}" for i in range(n)]
   with open(path, "w") as f:
     f.write("\n".join(rows) + "\n")
   return path
@@ -105,7 +100,9 @@ def run(tmp_path_factory):
       overrides = {}
       if name == "lit":
         overrides["model.image_checkpoint"] = get("moco").workdir
-      if name == "simcse_supervised":
+      if name == "simskip":
+        overrides["simskip.encoder_checkpoint"] = get("moco").workdir
+      if name == "esimcse_supervised":
         overrides["data.path"] = _triplets_tsv(str(tmp_path_factory.mktemp("nli") / "triplets.tsv"))
       done[name] = train_steps(recipe_config(name, **overrides), str(tmp_path_factory.mktemp(name)))
     return done[name]
@@ -126,7 +123,7 @@ def test_recipe_loss_decreases_and_state_restores_exactly(run, name):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), r.state)
 
 
-@pytest.mark.parametrize("name", ["moco", "esimcse"])
+@pytest.mark.parametrize("name", ["moco", "esimcse_supervised"])
 def test_queue_and_momentum_encoder_are_live_state(run, name):
   extra = run(name).state.extra
   params = run(name).state.params
@@ -135,6 +132,13 @@ def test_queue_and_momentum_encoder_are_live_state(run, name):
   # The EMA encoder trails the trained one: close, not equal.
   diffs = jax.tree.leaves(jax.tree.map(lambda k, p: float(np.abs(k - p).max()), extra["key_params"], params))
   assert max(diffs) > 0
+
+
+def test_swav_counts_steps_and_fills_its_queue(run):
+  extra = run("swav_queue").state.extra
+  assert int(extra["step"]) == 20
+  assert int(extra["queue_count"]) == extra["queue"].shape[0]
+  assert np.all(np.linalg.norm(extra["queue"], axis=-1) > 0)
 
 
 def test_lit_keeps_the_pretrained_image_tower_frozen_and_out_of_params(run):
@@ -157,3 +161,30 @@ def test_method_evaluation_reports_its_metrics(run, name, keys):
   results = r.method.evaluate(r.config, jax.device_put(r.state, r.shardings), r.mesh)
   for key in keys:
     assert 0.0 <= results[key] <= 1.0, (key, results)
+
+
+CONFIG_ARGS = {
+    "clip_shapes": ["", "tiny", "resnet", "bidirectional", "jsonl", "tiny,resnet"],
+    "siglip_shapes": ["", "tiny", "resnet", "bidirectional", "jsonl"],
+    "lit_shapes": ["", "tiny"],
+    "moco_shapes": ["", "tiny", "mochi", "cifar10", "tiny,mochi"],
+    "supcon_shapes": ["", "tiny", "cifar10"],
+    "swav_shapes": ["", "tiny", "queue", "cifar10", "tiny,queue"],
+    "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised"],
+    "simskip_shapes": ["", "tiny", "sts", "encoder", "tiny,encoder"],
+    "coca_shapes": ["", "tiny", "jsonl"],
+    "multitask_shapes": ["", "tiny", "align_uniform", "tiny,align_uniform"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(CONFIG_ARGS))
+def test_every_config_argument_builds_a_config_with_the_common_top_level_keys(module):
+  reference = set(importlib.import_module("configs.simclr_shapes").get_config().keys())
+  reference -= {"head", "augment"}  # method-specific in the reference recipe
+  for arg in CONFIG_ARGS[module]:
+    config = importlib.import_module(f"configs.{module}").get_config(arg or None)
+    assert reference <= set(config.keys()), (module, arg, reference - set(config.keys()))
+    assert config.method in methods.names()
+    assert config.batch_size % 8 == 0
+  with pytest.raises(ValueError, match="Unknown config argument"):
+    importlib.import_module(f"configs.{module}").get_config("no_such_argument")

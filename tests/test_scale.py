@@ -25,17 +25,20 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def vit_config(**overrides) -> ml_collections.ConfigDict:
-  """SimCLR with a BatchNorm-free encoder and head: every embedding depends on its own example only."""
+  """Tiny SimCLR with a BatchNorm-free encoder and head (each embedding depends on its own example only), trained
+  with SGD: equal gradients give equal parameters (Adam would turn the rounding noise of an exactly-zero gradient,
+  such as that of the attention key biases, into steps of +-lr)."""
   c = tiny_config(**overrides)
   c.model = ml_collections.ConfigDict(dict(name="vit", patch_size=8, width=32, depth=2, num_heads=2, remat=False,
                                            dtype="float32"))
   c.head = ml_collections.ConfigDict(dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=False, dtype="float32"))
+  c.optimizer.update(dict(name="sgd", base_lr=0.5, momentum=0.9, weight_decay=0.0))
   return c
 
 
-def run_steps(config, num_steps: int, method: Method | None = None):
+def run_steps(config, num_steps: int, method: Method | None = None, keep_step: bool = False):
   """States (on host) before and after each of `num_steps` train steps of `config` on all 8 devices, the metrics of
-  each step, and the state's shardings."""
+  each step, the state's shardings and, with `keep_step`, (jitted step, last state on device, last batch)."""
   mesh = mesh_lib.build_mesh(config.mesh)
   data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
                               sharding=mesh_lib.batch_sharding(mesh), seed=config.seed)
@@ -50,7 +53,7 @@ def run_steps(config, num_steps: int, method: Method | None = None):
     state, step_metrics = step(state, batch)
     states.append(jax.device_get(state))
     metrics.append(jax.device_get(step_metrics))
-  return states, metrics, shardings
+  return (states, metrics, shardings) + (((step, state, batch),) if keep_step else ())
 
 
 def assert_trees_close(a, b, tol=1e-5):
@@ -59,19 +62,19 @@ def assert_trees_close(a, b, tol=1e-5):
 
 @pytest.fixture(scope="module")
 def vit_baseline():
-  """Two plain steps (no accumulation, no remat, float32) of the BatchNorm-free SimCLR."""
-  return run_steps(vit_config(), 2)
+  """Three plain steps (data parallel, no accumulation, no remat, float32) of the BatchNorm-free SimCLR."""
+  return run_steps(vit_config(), 3)
 
 
-def test_fsdp_step_equals_data_parallel_step():
-  data_parallel, m_dp, _ = run_steps(tiny_config(), 3)
-  config = tiny_config()
+def test_fsdp_step_equals_data_parallel_step(vit_baseline):
+  data_parallel, m_dp, _ = vit_baseline
+  config = vit_config(fsdp_min_size=0)  # shard every array with a dimension divisible by the fsdp size
   config.mesh.data, config.mesh.fsdp = 2, 4
   fsdp, m_fsdp, shardings = run_steps(config, 3)
-  assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(shardings.params)), "no parameter was FSDP-sharded"
+  specs = [s.spec for s in jax.tree.leaves(shardings.params)]
+  assert sum("fsdp" in str(spec) for spec in specs) > len(specs) // 2, specs
   np.testing.assert_allclose(m_fsdp[-1]["loss"], m_dp[-1]["loss"], rtol=1e-5)
   assert_trees_close(fsdp[-1].params, data_parallel[-1].params)
-  assert_trees_close(fsdp[-1].model_state, data_parallel[-1].model_state)
 
 
 def test_vit_b16_fsdp_holds_an_eighth_of_the_state_per_device():
@@ -94,7 +97,7 @@ def test_vit_b16_fsdp_holds_an_eighth_of_the_state_per_device():
     assert full / 8 <= per_device < 1.02 * full / 8, (tree, per_device / full)
 
 
-def _regression_method(config, mesh) -> Method:
+def _regression_method() -> Method:
   """A non-contrastive loss, a mean over examples: least squares of a linear map of the pixels onto the label."""
   model = nn.Dense(1)
   features = lambda batch: batch["image"].reshape(batch["image"].shape[0], -1).astype(jnp.float32) / 255.0
@@ -109,9 +112,8 @@ def _regression_method(config, mesh) -> Method:
 
 
 def test_micro_batch_accumulation_equals_one_big_batch_for_a_mean_loss():
-  mesh = mesh_lib.build_mesh(tiny_config().mesh)
-  full, m_full, _ = run_steps(tiny_config(), 2, _regression_method(None, mesh))
-  accumulated, m_acc, _ = run_steps(tiny_config(grad_accum_steps=4), 2, _regression_method(None, mesh))
+  full, m_full, _ = run_steps(tiny_config(), 2, _regression_method())
+  accumulated, m_acc, _ = run_steps(tiny_config(grad_accum_steps=4, grad_accum_mode="micro"), 2, _regression_method())
   np.testing.assert_allclose(m_acc[-1]["loss"], m_full[-1]["loss"], rtol=1e-5)
   assert_trees_close(accumulated[-1].params, full[-1].params)
 
@@ -119,28 +121,20 @@ def test_micro_batch_accumulation_equals_one_big_batch_for_a_mean_loss():
 def test_cached_embedding_accumulation_equals_one_big_batch_for_a_contrastive_loss(vit_baseline):
   full, m_full, _ = vit_baseline
   cached, m_cached, _ = run_steps(vit_config(grad_accum_steps=4, grad_accum_mode="cached"), 2)
-  np.testing.assert_allclose(m_cached[-1]["loss"], m_full[-1]["loss"], rtol=1e-5)
-  np.testing.assert_allclose(m_cached[-1]["grad_norm"], m_full[-1]["grad_norm"], rtol=1e-5)
-  assert_trees_close(cached[-1].params, full[-1].params)
+  for step in range(2):
+    np.testing.assert_allclose(m_cached[step]["loss"], m_full[step]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_cached[step]["grad_norm"], m_full[step]["grad_norm"], rtol=1e-5)
+  assert_trees_close(cached[2].params, full[2].params)
 
 
 def test_cached_mode_needs_a_method_that_splits_its_loss():
-  mesh = mesh_lib.build_mesh(tiny_config().mesh)
   with pytest.raises(ValueError, match="grad_accum_mode='cached' needs a method"):
-    trainer.resolve_accum_mode(_regression_method(None, mesh), "cached")
+    trainer.resolve_accum_mode(_regression_method(), "cached")
 
 
 def test_batch_not_divisible_into_micro_batches_is_a_clear_error():
   with pytest.raises(ValueError, match=r"batch_size=32 does not split into grad_accum_steps=3 micro-batches"):
     mesh_lib.check_batch_size(32, mesh_lib.build_mesh(tiny_config().mesh), accum_steps=3)
-
-
-def test_remat_gives_the_same_training(vit_baseline):
-  config = vit_config()
-  config.model.remat = True
-  remat, m_remat, _ = run_steps(config, 2)
-  np.testing.assert_allclose(m_remat[-1]["grad_norm"], vit_baseline[1][-1]["grad_norm"], rtol=1e-6)
-  assert_trees_close(remat[-1].params, vit_baseline[0][-1].params, tol=1e-6)
 
 
 def test_bf16_compute_keeps_float32_params_and_optimizer_state(vit_baseline):
@@ -155,34 +149,32 @@ def test_bf16_compute_keeps_float32_params_and_optimizer_state(vit_baseline):
 
 
 @pytest.fixture(scope="module")
-def ema_run():
-  """Three steps with an EMA of the parameters (decay 0.5), keeping the jitted step for a further call."""
+def remat_ema_run():
+  """Three steps with remat of the transformer blocks and an EMA of the parameters (decay 0.5), and the jitted step
+  with its last state and batch for further calls."""
   config = vit_config(ema_decay=0.5)
-  mesh = mesh_lib.build_mesh(config.mesh)
-  batch = next(input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                                    sharding=mesh_lib.batch_sharding(mesh), seed=config.seed))
-  method = methods.get(config.method)(config, mesh)
-  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
-  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
-  step = trainer.make_train_step(method, tx, shardings, lr, **trainer.train_step_options(config))
-  history = [jax.device_get(state)]
-  for _ in range(3):
-    state, _ = step(state, batch)
-    history.append(jax.device_get(state))
-  return step, state, batch, history
+  config.model.remat = True
+  return run_steps(config, 3, keep_step=True)
 
 
-def test_ema_params_follow_the_exponential_moving_average(ema_run):
-  *_, history = ema_run
-  expected = history[0].params
-  for state in history[1:]:
+def test_remat_gives_the_same_training(vit_baseline, remat_ema_run):
+  states, metrics, *_ = remat_ema_run
+  for step in range(3):
+    np.testing.assert_allclose(metrics[step]["grad_norm"], vit_baseline[1][step]["grad_norm"], rtol=1e-6)
+  assert_trees_close(states[-1].params, vit_baseline[0][-1].params, tol=1e-6)
+
+
+def test_ema_params_follow_the_exponential_moving_average(remat_ema_run):
+  states, *_ = remat_ema_run
+  expected = states[0].params
+  for state in states[1:]:
     expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, expected, state.params)
     assert_trees_close(state.ema_params, expected, tol=1e-6)
-  assert not np.allclose(history[-1].ema_params["head"]["fc1"]["kernel"], history[-1].params["head"]["fc1"]["kernel"])
+  assert not np.allclose(states[-1].ema_params["head"]["fc1"]["kernel"], states[-1].params["head"]["fc1"]["kernel"])
 
 
-def test_steady_state_step_makes_no_host_transfers(ema_run):
-  step, state, batch, _ = ema_run
+def test_steady_state_step_makes_no_host_transfers(remat_ema_run):
+  *_, (step, state, batch) = remat_ema_run
   with jax.transfer_guard("disallow"):
     state, metrics = step(state, batch)
     state, metrics = step(state, batch)

@@ -6,6 +6,7 @@ no checkpoint that `latest_step()` would pick up.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -13,11 +14,23 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-# Replica-parallel saving (each replica of a replicated array writes a slice) compiles a slicing program per array
-# shape on the first save: 10-20 s of a small model's first checkpoint on CPU. One writer per shard is what orbax
-# already does on GPU; use it everywhere.
-ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-                                        override=True)
+def _save_each_shard_once() -> None:
+  """Makes orbax write each array shard from one replica instead of splitting it over the replicas.
+
+  Replica-parallel saving (orbax's default off GPU) compiles a slicing program per array shape at the first save:
+  10-20 s of a small model's first checkpoint on CPU. One writer per shard is orbax's own choice on GPU.
+  """
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # the override is deliberate: no "overriding jax.Array" warning per process
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+                                            override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
+_save_each_shard_once()
 
 
 class Checkpointer:
@@ -59,7 +72,7 @@ class Checkpointer:
 
   def save_best(self, step: int, state: Any, data_state: dict, results: dict) -> None:
     """Offers the state evaluated as `results` to the best-checkpoint slot (kept when its metric is the best)."""
-    if self.best_manager is None:
+    if self.best_manager is None or step in self.best_manager.all_steps():
       return
     if self.best_metric not in results:
       raise KeyError(f"best_metric {self.best_metric!r} is not among the evaluation results {sorted(results)}.")

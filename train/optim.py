@@ -63,5 +63,5 @@ def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformati
 
 
 def ema_update(ema, params, decay: float):
-  """Exponential moving average of the parameters (Polyak & Juditsky 1992): ema <- decay * ema + (1 - decay) * params."""
+  """Exponential moving average of parameters (Polyak & Juditsky 1992): ema <- decay * ema + (1 - decay) * params."""
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -38,12 +38,13 @@ def fsdp_spec(shape: Sequence[int], mesh: Mesh, axis: str = "fsdp", min_size: in
   return P()
 
 
-def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = DEFAULT_RULES) -> Any:
+def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = DEFAULT_RULES,
+                    fsdp_min_size: int = 2**14) -> Any:
   """Maps each leaf of an (abstract) pytree to a NamedSharding by the first rule whose regex matches its path.
 
   Paths are "/"-joined keys of the whole TrainState, e.g. "params/backbone/encoder/block0/mlp/fc1/kernel" or
   "opt_state/1/0/mu/backbone/...". A rule's action is "replicate" or "fsdp" (split the largest divisible dimension
-  over the `fsdp` axis).
+  over the `fsdp` axis; arrays of fewer than `fsdp_min_size` elements stay replicated).
   """
   compiled = [(re.compile(pattern), action) for pattern, action in rules]
 
@@ -55,7 +56,7 @@ def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = DE
         if action == "replicate":
           return NamedSharding(mesh, P())
         if action == "fsdp":
-          return NamedSharding(mesh, fsdp_spec(shape, mesh))
+          return NamedSharding(mesh, fsdp_spec(shape, mesh, min_size=fsdp_min_size))
         raise ValueError(f"Unknown partition action {action!r} in rule {pattern.pattern!r}.")
     raise ValueError(f"No partition rule matches parameter {name!r}; add a catch-all rule ('.*', 'replicate').")
 

@@ -19,7 +19,8 @@ PEAK_TFLOPS = (
 def compiled_stats(compiled) -> dict[str, float]:
   """FLOPs per device of one call and its memory (bytes per device) from XLA's cost and memory analyses.
 
-  `compiled` is a `jax.stages.Compiled`; keys a backend does not report are left out.
+  `compiled` is a `jax.stages.Compiled`; keys a backend does not report are left out. XLA counts the body of a loop
+  once, so the FLOPs of a step with gradient accumulation (a lax.scan over micro-batches) are undercounted.
   """
   stats = {}
   cost = compiled.cost_analysis()
