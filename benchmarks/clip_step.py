@@ -63,7 +63,7 @@ def build_step(config):
 
 def main() -> None:
     batch, steps = env_int("BATCH", 128), env_int("STEPS", 5)
-    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "tuned"))
+    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
     import jax
 
     step, state, data = build_step(clip_config(batch))

@@ -93,7 +93,7 @@ def main() -> None:
     if not os.path.exists(data_path):
         print(json.dumps(dict(workload="simclr_cifar10_quality", skipped=f"no CIFAR-10 npz at {data_path}")))
         return
-    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "tuned"))
+    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
     import jax
 
     import input_pipeline

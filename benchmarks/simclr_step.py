@@ -119,7 +119,7 @@ def build_step(config, views):
 
 def main() -> None:
     batch, steps = env_int("BATCH", 256), env_int("STEPS", 3)
-    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "tuned"))
+    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax
     import numpy as np

@@ -30,10 +30,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 causal=True),
       embed_dim=64, logit_scale_init=2.6593, max_logit_scale=100.0, lock_image=False))  # log(1 / 0.07)
   c.loss = ml_collections.ConfigDict(dict(name="clip_softmax_loss", mode="dense", chunk_size=0))
-  # Grayscale half of the images (no crop, no colour jitter): captions stay true, but colour words alone no longer
-  # identify an image, so the towers must learn the shapes (what zero-shot asks for).
-  c.augment = ml_collections.ConfigDict(dict(
-      crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.5, jitter_prob=0.0, grayscale_prob=0.5))
 
   c.batch_size = 256
   c.total_steps = 1000

@@ -8,8 +8,6 @@
   sees them (no update, no weight decay, no optimizer state) and they are checkpointed with the state; the image
   projection and the text tower are trained.
 config.loss.mode picks how the N x N logits are covered: dense | chunked | ring (same value and gradients).
-Optional config.augment: `augment_jax.simclr_augment` arguments applied to the training images (e.g. grayscale only,
-so that a caption's colour words cannot be matched from the image alone and the towers must also learn shape).
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ from jax.sharding import Mesh
 
 import losses
 import models
-from input_pipeline import augment_jax
 from methods import image_text
 from methods.base import Method, normalize_images, on_mesh
 
@@ -77,7 +74,6 @@ def build(config, mesh: Mesh) -> Method:
   sigmoid = loss_name == "siglip_loss"
   if sigmoid and config.model.get("logit_bias_init", None) is None:
     raise ValueError("siglip_loss needs a learnable bias: set config.model.logit_bias_init (SigLIP uses -10).")
-  augment = config.augment.to_dict() if config.get("augment") is not None else None
   pretrained = (load_locked_tower(config.model.image_checkpoint, config.model.image_checkpoint_key)
                 if locked else None)
 
@@ -98,10 +94,7 @@ def build(config, mesh: Mesh) -> Method:
   def embeddings(params, model_state, batch, rng):
     """Normalised image and text embeddings [B, E] (train mode), updated model_state."""
     variables = model_variables(params, model_state)
-    images = batch["image"]
-    if augment is not None:
-      images = augment_jax.simclr_augment(jax.random.fold_in(rng, 2), images, **augment)
-    images = normalize_images(images, mean, std)
+    images = normalize_images(batch["image"], mean, std)
     if locked:
       image_emb = jax.lax.stop_gradient(model.apply(variables, images, train=False, method="encode_image"))
       new_state = model_state
