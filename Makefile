@@ -20,6 +20,7 @@ $(VENV)/.test-extras: $(BIN)/activate requirements-test.txt
 venv: $(BIN)/activate
 
 run: venv
+	mkdir -p $(dir $(WORKDIR))
 	$(BIN)/python main.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: venv $(VENV)/.test-extras
