@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       hue_range=0.5))  # flat-coloured shapes: a full hue turn so colour cannot identify an image
 
   c.batch_size = 128
-  c.total_steps = 800
+  c.total_steps = 600
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", base_lr=5e-3, scale_by_batch=False, batch_size=c.get_ref("batch_size"), weight_decay=1e-4,
       momentum=0.9, warmup_steps=50, schedule="cosine", grad_clip_norm=0.0))
