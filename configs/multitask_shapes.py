@@ -65,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         simclr=dict(name="nt_xent", weight=1.0, inputs=("z1", "z2"), kwargs=dict(temperature=0.2)),
         alignment=dict(name="alignment", weight=0.5, inputs=("z1", "z2"), kwargs=dict(alpha=2.0)),
         uniformity=dict(name="uniformity", weight=0.5, inputs=("z1",), kwargs=dict(t=2.0)))
+    # Evaluated like SimCLR by the trainer: kNN, linear probe and health of the encoder features.
+    c.eval = ml_collections.ConfigDict(dict(
+        batch_size=512, knn_k=200, knn_temperature=0.1, linear_probe=True, train_examples=10000, every_steps=0,
+        health_examples=1024))
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     c.data.update(dict(image_size=16, train_size=64, test_size=64, max_text_len=48))
     c.model.image = dict(name="resnet", stage_sizes=(1,), width=8, stem="cifar")
@@ -79,4 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.checkpoint_every = 10
     c.eval.batch_size = 32
+    if "align_uniform" in args:
+      c.eval.update(dict(knn_k=10, train_examples=64, health_examples=32))
   return c

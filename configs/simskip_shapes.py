@@ -30,14 +30,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="mlp_encoder", hidden_dim=512, num_layers=2, use_bn=False))
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2, use_bn=False))
   c.simskip = ml_collections.ConfigDict(dict(
-      pixel_pool=8, dropout=0.2, noise=0.2, encoder_checkpoint="", encoder_checkpoint_key="backbone",
+      pixel_pool=8, dropout=0.1, noise=0.1, encoder_checkpoint="", encoder_checkpoint_key="backbone",
       encoder=dict(name="resnet", stage_sizes=(1, 1, 1, 1), width=16, stem="cifar")))
   c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
 
   c.batch_size = 256
   c.total_steps = 1000
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-3, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0))
+      name="adamw", base_lr=3e-4, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0))
   c.nonfinite = "stop"
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

@@ -19,17 +19,15 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 import losses
 import models
+from models.two_tower import l2_normalize
 from input_pipeline import augment_jax
 from methods import image_text
 from methods.base import Method, normalize_images, on_mesh
-
-
-def _l2_normalize(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class MultiTaskModel(nn.Module):
@@ -71,10 +69,10 @@ class MultiTaskModel(nn.Module):
     return self.projection_head(h, train=train)
 
   def image_embedding(self, h):
-    return _l2_normalize(self.image_proj(h).astype(jnp.float32))
+    return l2_normalize(self.image_proj(h).astype(jnp.float32))
 
   def text_embedding(self, tokens, *, train: bool):
-    return _l2_normalize(self.text_proj(self.text_encoder(tokens, train=train)).astype(jnp.float32))
+    return l2_normalize(self.text_proj(self.text_encoder(tokens, train=train)).astype(jnp.float32))
 
   def scalars(self) -> dict:
     out = {"logit_scale": jnp.exp(self.logit_scale)}
@@ -180,7 +178,9 @@ def build(config, mesh: Mesh) -> Method:
   def evaluate(config, state, mesh) -> dict:
     return evaluate_heads(config, model, state, mesh, jax.jit(features))
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate)
+  # Only a projection head (SimCLR + regularisers): the trainer's kNN / linear probe of the shared encoder.
+  has_eval_heads = bool(model.text or model.num_classes or model.decoder)
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate if has_eval_heads else None)
 
 
 def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict:
@@ -190,7 +190,6 @@ def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict
   """
   import evaluators
   import input_pipeline
-  import numpy as np
   from input_pipeline import tokenizers
   from train import mesh as mesh_lib
   variables = {"params": state.params, **state.model_state}

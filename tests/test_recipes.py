@@ -3,7 +3,6 @@ trainer's own state and step functions, the loss goes down, and the whole state 
 extra such as MoCo's queue and momentum encoder) comes back from a checkpoint bit for bit."""
 import dataclasses
 import importlib
-import os
 from typing import Any
 
 import jax
@@ -21,7 +20,7 @@ from train import trainer
 # name -> (config module, config argument, overrides). LiT and SimSkip use the encoder of the tiny MoCo run.
 RECIPES = {
     "clip": ("clip_shapes", "tiny", {}),
-    "siglip": ("siglip_shapes", "tiny", {}),
+    "siglip": ("siglip_shapes", "tiny,vit,causal", {}),  # the other image and text towers
     "lit": ("lit_shapes", "tiny", {}),
     "moco": ("moco_shapes", "tiny", {}),
     "supcon": ("supcon_shapes", "tiny", {}),
@@ -164,13 +163,13 @@ def test_method_evaluation_reports_its_metrics(run, name, keys):
 
 
 CONFIG_ARGS = {
-    "clip_shapes": ["", "tiny", "resnet", "bidirectional", "jsonl", "tiny,resnet"],
-    "siglip_shapes": ["", "tiny", "resnet", "bidirectional", "jsonl"],
+    "clip_shapes": ["", "tiny", "vit", "causal", "jsonl", "tiny,vit,causal"],
+    "siglip_shapes": ["", "tiny", "vit", "causal", "jsonl"],
     "lit_shapes": ["", "tiny"],
     "moco_shapes": ["", "tiny", "mochi", "cifar10", "tiny,mochi"],
     "supcon_shapes": ["", "tiny", "cifar10"],
     "swav_shapes": ["", "tiny", "queue", "cifar10", "tiny,queue"],
-    "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised"],
+    "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised", "minilm"],
     "simskip_shapes": ["", "tiny", "sts", "encoder", "tiny,encoder"],
     "coca_shapes": ["", "tiny", "jsonl"],
     "multitask_shapes": ["", "tiny", "align_uniform", "tiny,align_uniform"],
