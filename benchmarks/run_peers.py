@@ -58,16 +58,21 @@ def main() -> None:
     parser.add_argument("--peers_dir", default=PEERS)
     parser.add_argument("--peer_malloc", choices=["default", "tuned"], default="default",
                         help="'tuned' gives the peer the glibc malloc settings that ours applies to itself")
+    parser.add_argument("--preload", default="",
+                        help="a malloc library for both ours and the peer (LD_PRELOAD), e.g. "
+                             "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 (Debian: libtcmalloc-minimal4)")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
     if not os.path.exists(args.peer_python):
         sys.exit(f"No peer venv python at {args.peer_python}: run `bash benchmarks/setup_peers.sh` first.")
 
     extra = dict(item.split("=", 1) for item in args.env)
-    env = {**os.environ, "THREADS": str(args.threads), "PYTHONUNBUFFERED": "1", **extra}
+    env = {**os.environ, "THREADS": str(args.threads), "PYTHONUNBUFFERED": "1", **extra,
+           **({"LD_PRELOAD": args.preload} if args.preload else {})}
     peer_env = {**env, **(TUNED_MALLOC_ENV if args.peer_malloc == "tuned" else {})}
     out = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} cores", "threads": args.threads, "env": extra, "peer_malloc": args.peer_malloc}
+           f"{os.cpu_count()} cores", "threads": args.threads, "env": extra, "peer_malloc": args.peer_malloc,
+           "preload": args.preload}
     for name in args.workloads:
         ours_script, peer_script, key = WORKLOADS[name]
         ours_cmd = [sys.executable, os.path.join(ROOT, ours_script)]
