@@ -9,9 +9,10 @@ momentum 0.9. The step is the trainer's own (`train.trainer.make_train_step`: do
 metrics) around the SimCLR method's encoder and loss stages.
 
 Environment: BATCH (256), STEPS (3 timed steps after one warm-up), THREADS (cores to run on, default all),
-CONV ("xla" or "im2col", the ResNet's conv lowering), ACCUM (micro-batches per step; >1 = GradCache-style cached
-accumulation: full-batch negatives and gradient, micro-batch activations), DEVICES (fake host devices the batch is
-split over, default 1), MALLOC ("tuned" or "default", see `tune_malloc`).
+CONV ("blocked" or "xla": the ResNet's conv lowering, models.conv), ACCUM (micro-batches per step; >1 = the trainer's
+cached (GradCache) accumulation: full-batch negatives and gradient, BatchNorm statistics per micro-batch), DEVICES
+(host devices the batch is split over, default 1), MALLOC ("default" or "tuned", see `tune_malloc`). A faster
+allocator is a process setting: run_peers.py --preload gives one to both ours and the peer.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def tune_malloc() -> bool:
     XLA:CPU allocates each step's temporaries (hundreds of MB for a ResNet step) from its worker threads. By default
     glibc serves such blocks with fresh mmap()s and unmaps them on free, so every step page-faults (and the kernel
     zeroes) all of its working memory again: measured here as the largest single cost of a naive JAX CPU step. One
-    arena, no mmap and no trimming keep that memory mapped between steps. No-op off glibc.
+    arena, no mmap and no trimming keep that memory mapped between steps, but fragment: peak RSS grew by up to 2x
+    over a few steps, so it is off by default (an allocator such as tcmalloc does better). No-op off glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -72,7 +74,7 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def simclr_config(batch: int, *, conv: str = "xla", accum: int = 1, tiny: bool = False):
+def simclr_config(batch: int, *, conv: str = "blocked", accum: int = 1, tiny: bool = False):
     """The benchmark's SimCLR config: the shapes recipe with the peer's model, head, loss and optimizer.
 
     `tiny` shrinks the model for the smoke test.
@@ -124,7 +126,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    conv, accum = os.environ.get("CONV", "xla"), env_int("ACCUM", 1)
+    conv, accum = os.environ.get("CONV", "blocked"), env_int("ACCUM", 1)
     config = simclr_config(batch, conv=conv, accum=accum)
     views = np.random.default_rng(0).standard_normal((batch, 2, 32, 32, 3), dtype=np.float32)
     step, state, data = build_step(config, views)
