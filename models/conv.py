@@ -7,6 +7,8 @@ Why "blocked": on XLA:CPU a convolution's weight gradient is lowered to a convol
 plus transposes of the activations; in a ResNet-18 step on a 2-core host these took about 60% of the time. The blocked
 lowering computes the weight gradient as im2col(x)^T @ dy, and every pass (forward, input and weight gradient) over
 blocks of a few images at a time (`lax.map` / `lax.scan`), so each block's patches and outputs stay in the CPU caches.
+Use it on one device: with the batch split over several (host) devices the loops hold per-block all-reduces, and two
+host devices hung in XLA:CPU's all-reduce rendezvous (benchmarks/README.md).
 """
 import functools
 from typing import Any, Callable, Sequence, Union

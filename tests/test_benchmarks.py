@@ -11,8 +11,10 @@ from benchmarks import clip_step, run_peers, simclr_cifar10_quality, simclr_step
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_simclr_step_workload_runs_a_step_with_blocked_convs():
-    config = simclr_step.simclr_config(16, conv="blocked", tiny=True)
+def test_simclr_step_workload_runs_a_step():
+    # nn.Conv here: the tests' 8-device mesh would put collectives inside the blocked convolution's loops (see
+    # models/conv.py), which are measured and tested on one device.
+    config = simclr_step.simclr_config(16, conv="xla", tiny=True)
     views = np.random.default_rng(0).standard_normal((16, 2, 8, 8, 3), dtype=np.float32)
     step, state, batch = simclr_step.build_step(config, views)
     state, metrics = step(state, batch)
