@@ -4,6 +4,7 @@
     python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=eval
     python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=export
     python main.py --mode=embed --workdir=workdirs/simclr --input=images.npy --output=emb.npy
+    python main.py --mode=embed --workdir=workdirs/clip --input=sentences.txt --output=text_emb.npy   # text tower
     python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # one per host
 """
 import json
@@ -21,6 +22,8 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "embed"],
 _INPUT = flags.DEFINE_string("input", None, "--mode=embed: .npy array, folder of images, or text file.")
 _OUTPUT = flags.DEFINE_string("output", None, "--mode=embed: where to write the embeddings (.npy).")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "--mode=embed: exported model directory (default <workdir>/export).")
+_TOWER = flags.DEFINE_enum("tower", None, ["image", "text"], "--mode=embed: which exported tower (default: image for a "
+                           "folder or .npy, text for a text file; --tower=text with a .npy takes token ids).")
 _PROFILE = flags.DEFINE_bool("profile", False, "--mode=train: write a jax.profiler trace of config.profile_steps "
                               "(default: the 3rd to 5th step) to <workdir>/profile.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0 "
@@ -40,7 +43,7 @@ def main(argv):
   if _MODE.value == "embed":  # needs only the exported artifact, not the training code
     from export import embed
     out = embed.embed_path(_ARTIFACT.value or os.path.join(workdir, "export"), _INPUT.value,
-                           _OUTPUT.value or os.path.join(workdir, "embeddings.npy"))
+                           _OUTPUT.value or os.path.join(workdir, "embeddings.npy"), tower=_TOWER.value)
     print(f"wrote {out}")
     return
   config = _CONFIG.value
@@ -64,16 +67,27 @@ def main(argv):
 
 
 def _export(config, workdir: str, trained=None) -> str:
+  """Exports every tower of the method (image and / or text) to <workdir>/export, with one model card."""
   from export import jax_export
   from train import trainer
   if trained is None:
     _, method, state = trainer.restore_trained(config, workdir)
   else:
     method, state = trained
-  size = config.data.image_size
-  out = jax_export.export_image_encoder(method, state.params, state.model_state, image_shape=(size, size, 3),
-                                        out_dir=os.path.join(os.path.abspath(workdir), "export"), config=config)
-  print(f"exported the encoder (jax.export) to {out}")
+  out = os.path.join(os.path.abspath(workdir), "export")
+  if os.path.exists(os.path.join(out, jax_export.MODEL_CARD)):  # list only this export's towers
+    os.remove(os.path.join(out, jax_export.MODEL_CARD))
+  # A sentence encoder's embed_fn is its text tower: it has no image tower.
+  towers = (["image"] if method.embed_text_fn is not method.embed_fn else []) + (
+      ["text"] if method.embed_text_fn is not None else [])
+  size, max_len = config.data.image_size, config.data.get("max_text_len", 64)
+  args = (method, state.params, state.model_state)
+  if "image" in towers:
+    jax_export.export_image_encoder(*args, image_shape=(size, size, 3), out_dir=out, config=config)
+  if "text" in towers:
+    jax_export.export_text_encoder(*args, max_len=max_len, out_dir=out, tokenizer=config.data.get("tokenizer", "bytes"),
+                                   tokenizer_path=config.data.get("tokenizer_path", ""), config=config)
+  print(f"exported the {' and '.join(towers)} tower(s) (jax.export) to {out}")
   if config.export.get("saved_model", True):
     try:
       import tensorflow  # noqa: F401  (optional: GPU machines may not have it)
@@ -81,9 +95,12 @@ def _export(config, workdir: str, trained=None) -> str:
       logging.warning("TensorFlow is not installed: skipping the SavedModel export.")
     else:
       from export import saved_model
-      path = saved_model.export_image_encoder_saved_model(method, state.params, state.model_state,
-                                                          image_shape=(size, size, 3), out_dir=out)
-      print(f"exported the encoder (TF SavedModel) to {path}")
+      if "image" in towers:
+        print(f"exported the image encoder (TF SavedModel) to "
+              f"{saved_model.export_image_encoder_saved_model(*args, image_shape=(size, size, 3), out_dir=out)}")
+      if "text" in towers:
+        print(f"exported the text encoder (TF SavedModel) to "
+              f"{saved_model.export_text_encoder_saved_model(*args, max_len=max_len, out_dir=out)}")
   return out
 
 

@@ -11,59 +11,31 @@ and EOT pooling, as CLIP; default bidirectional with mean pooling), jsonl (image
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set((arg or "").split(",")) - {""}
-  unknown = args - {"tiny", "vit", "causal", "jsonl"}
-  if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use tiny, vit, causal, jsonl.")
-  c = ml_collections.ConfigDict()
-  c.method = "clip"
-  c.seed = 0
-
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapes", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="bytes",
-      max_text_len=56, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+  args = common.parse_arg(arg, ("tiny", "vit", "causal", "jsonl"))
+  c = common.base("clip", batch_size=256, total_steps=1000)
+  c.data = common.shapes_data(max_text_len=56)
 
   c.model = ml_collections.ConfigDict(dict(
-      image=dict(name="resnet", stage_sizes=(1, 1, 1, 1), width=16, stem="cifar"),
-      text=dict(name="text_transformer", vocab_size=259, context_length=56, width=64, depth=2, num_heads=4,
-                causal=False),
+      image=common.vit() if "vit" in args else common.resnet(),
+      text=common.text_transformer(56, causal="causal" in args),
       embed_dim=64, logit_scale_init=2.6593, max_logit_scale=100.0, lock_image=False))  # log(1 / 0.07)
   c.loss = ml_collections.ConfigDict(dict(name="clip_softmax_loss", mode="dense", chunk_size=0))
-
-  c.batch_size = 256
-  c.total_steps = 1000
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", base_lr=2e-3, b1=0.9, b2=0.98, weight_decay=0.1, warmup_steps=50, schedule="cosine",
       grad_clip_norm=1.0))
-  c.nonfinite = "stop"
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
+  c.eval = common.image_text_eval()
+  c.export = ml_collections.ConfigDict(dict(enabled=True))  # both towers: uint8 images / int32 token ids -> embedding
 
-  c.eval = ml_collections.ConfigDict(dict(batch_size=512, test_examples=0, class_names=(), templates=()))
-  c.export = ml_collections.ConfigDict(dict(enabled=True))  # the image tower: {"image": uint8} -> embedding
-
-  if "vit" in args:
-    c.model.image = dict(name="vit", patch_size=4, width=64, depth=2, num_heads=4, pool="gap")
-  if "causal" in args:
-    c.model.text.causal = True
-  if "jsonl" in args:  # image-text pairs: {"image": path, "text": caption} per line; retrieval only (no labels)
-    c.data.update(dict(name="jsonl", path="", image_size=64, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28)))
+  if "jsonl" in args:
+    c.data.update(common.jsonl_pairs())
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    c.data.update(dict(image_size=16, train_size=64, test_size=64, max_text_len=48))
-    c.model.image = dict(name="resnet", stage_sizes=(1,), width=8, stem="cifar")
-    if "vit" in args:
-      c.model.image = dict(name="vit", patch_size=4, width=16, depth=1, num_heads=2, pool="gap")
-    c.model.text.update(dict(context_length=48, width=16, depth=1, num_heads=2))
+    common.tiny(c)
+    c.model.image = common.vit(width=16, depth=1, num_heads=2) if "vit" in args else common.resnet((1,), width=8)
+    c.model.text.update(common.tiny_text())
     c.model.embed_dim = 16
-    c.batch_size = 16
-    c.total_steps = 20
-    c.optimizer.update(dict(base_lr=3e-3, warmup_steps=1, weight_decay=0.0))
-    c.log_every = 1
-    c.checkpoint_every = 10
-    c.eval.batch_size = 32
   return c

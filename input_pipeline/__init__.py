@@ -42,20 +42,22 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.tokenizer_path = ""        # local .model / vocab.txt / tokenizer.json
     c.max_text_len = 64
     c.text_views = ""            # "" | copy (SimCSE dropout views) | word_deletion | word_repetition (ESimCSE)
+    c.caption_word_dropout = 0.0  # training captions lose each word with this probability (language augmentation)
     c.host_views = 0             # >0: that many SimCLR views made on host with tf.image ops
     return c
 
 
-def _host_transform(data_config: ml_collections.ConfigDict, seed: int):
+def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: str):
     """Per-batch host work: text views, host image views, tokenization. None when there is nothing to do."""
     tokenizer_name = data_config.get("tokenizer", "")
     tokenizer = tokenizers.get(tokenizer_name, data_config.get("tokenizer_path", "")) if tokenizer_name else None
     text_views = data_config.get("text_views", "")
     host_views = data_config.get("host_views", 0)
     max_len = data_config.get("max_text_len", 64)
-    if text_views:
+    caption_dropout = float(data_config.get("caption_word_dropout", 0.0)) if split == "train" else 0.0
+    if text_views or caption_dropout:
         from input_pipeline import text_views as text_views_lib
-        make_view = text_views_lib.get(text_views)
+        make_view = text_views_lib.get(text_views) if text_views else None
 
     def transform(columns: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
         # ids [n, 2]: (epoch, dataset index) of each row, so host randomness is a function of the example.
@@ -63,6 +65,12 @@ def _host_transform(data_config: ml_collections.ConfigDict, seed: int):
         if text_views:
             columns["text_pos"] = np.asarray(
                 [make_view(t, np.random.default_rng([seed, *i])) for t, i in zip(columns["text"], ids)], object)
+        if caption_dropout and "caption" in columns:
+            # Image-text training: a caption with words left out still describes its image, and the words that are
+            # left (e.g. only the shape) must then tell it from the other captions (random deletion: Wei & Zou 2019).
+            columns["caption"] = np.asarray(
+                [text_views_lib.word_deletion(t, np.random.default_rng([seed, *i, 1]), caption_dropout)
+                 for t, i in zip(columns["caption"], ids)], object)
         if host_views:
             from input_pipeline import augment_tf
             columns["views"] = augment_tf.host_views(columns["image"], ids, seed=seed, num_views=host_views)
@@ -88,7 +96,7 @@ def build(data_config: ml_collections.ConfigDict, *, split: str, global_batch_si
                          f"the batch dimension (sharding {sharding}).")
     source = sources.get_source(data_config, split)
     return BatchIterator(source, global_batch_size=global_batch_size, sharding=sharding, seed=seed,
-                         shuffle=shuffle, repeat=repeat, transform=_host_transform(data_config, seed),
+                         shuffle=shuffle, repeat=repeat, transform=_host_transform(data_config, seed, split),
                          prefetch=prefetch)
 
 

@@ -13,10 +13,12 @@ the batches the old one would have produced. A background thread keeps `prefetch
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import queue
 import threading
+import weakref
 from typing import Callable, Iterator
 
 import jax
@@ -143,6 +145,17 @@ def _produce(plan: ReadPlan, state: dict, out: queue.Queue, stop: threading.Even
         _put(out, e, stop)
 
 
+# Iterators whose prefetch thread runs. At interpreter exit they are stopped before Python kills daemon threads: a
+# thread killed inside jax's C++ (a device_put) aborts the process ("FATAL: exception not rethrown").
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_iterators() -> None:
+    for iterator in list(_RUNNING):
+        iterator.close()
+
+
 class BatchIterator(Iterator[dict]):
     """Python iterator of global batches: dict of `jax.Array`s with leading dim = global batch, sharded."""
 
@@ -187,6 +200,7 @@ class BatchIterator(Iterator[dict]):
             self._thread = threading.Thread(target=_produce, args=(self.plan, dict(self._state), self._queue,
                                                                    self._stop), daemon=True, name="input_pipeline")
             self._thread.start()
+            _RUNNING.add(self)
         item = self._queue.get()
         if isinstance(item, BaseException):
             self._shutdown()
@@ -206,6 +220,7 @@ class BatchIterator(Iterator[dict]):
                 except queue.Empty:
                     pass
             self._thread = self._queue = self._stop = None
+        _RUNNING.discard(self)
 
     def close(self) -> None:
         """Stops the prefetch thread; `next` afterwards restarts it from the current state."""

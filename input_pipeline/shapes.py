@@ -80,6 +80,18 @@ def _draw_mask(name: str, cx: float, cy: float, radius: float, angle: float, siz
     return np.asarray(mask.resize((size, size), Image.BOX), np.float32) / 255.0
 
 
+def caption_template(size: str, color: str, background: str) -> str:
+    """The caption of a shape with "{}" for its class name, e.g. "a small red {} on an orange background"."""
+    return f"a {size} {color} {{}} on {'an' if background[0] in 'aeiou' else 'a'} {background} background"
+
+
+def prompt_templates() -> tuple[str, ...]:
+    """Zero-shot prompts in the captions' own form, one per (size, colour, background): CLIP's prompt ensembling,
+    where averaging a class's prompts marginalises the attributes that are not the class."""
+    return tuple(caption_template(size, color, background) for size in SIZE_NAMES for color in COLOR_NAMES
+                 for background in COLOR_NAMES if background != color)
+
+
 def render_example(seed: int, split: str, index: int, image_size: int = 32,
                    num_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, int, str]:
     """One example: (uint8 [S, S, 3] image, class id, caption)."""
@@ -98,9 +110,7 @@ def render_example(seed: int, split: str, index: int, image_size: int = 32,
     name = CLASS_NAMES[label]
     mask = _draw_mask(name, cx, cy, radius, angle, image_size)[..., None]
     image = mask * fg_rgb + (1.0 - mask) * bg_rgb + noise
-    bg_name = COLOR_NAMES[bg]
-    caption = (f"a {SIZE_NAMES[size_id]} {COLOR_NAMES[fg]} {name} on "
-               f"{'an' if bg_name[0] in 'aeiou' else 'a'} {bg_name} background")
+    caption = caption_template(SIZE_NAMES[size_id], COLOR_NAMES[fg], COLOR_NAMES[bg]).format(name)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, caption
 
 

@@ -37,6 +37,9 @@ class Method:
   embed_fn: EmbedFn
   # Called after each optimizer update, e.g. for EMA encoders: (params, extra, step) -> extra.
   after_update: Callable[[Any, Any, jax.Array], Any] = lambda params, extra, step: extra
+  # Maps the params after each optimizer update, e.g. SwAV's prototypes back onto the unit sphere: (params, step) ->
+  # params of the same structure.
+  project_params: Callable[[Any, jax.Array], Any] = lambda params, step: params
   # Method-specific evaluation (zero-shot, retrieval, STS, ...): (config, state, mesh) -> metrics dict. When None the
   # trainer runs kNN + linear probe on `embed_fn` features of the image test split.
   evaluate: Callable[[Any, Any, Any], dict] | None = None
@@ -44,6 +47,9 @@ class Method:
   prepare_fn: PrepareFn | None = None
   encode_fn: EncodeFn | None = None
   embedding_loss_fn: EmbeddingLossFn | None = None
+  # The text tower, for export: (params, model_state, {"caption": int32 [B, L]}) -> [B, D]; sentence encoders pass
+  # their embed_fn (they have no image tower), methods without a text tower None.
+  embed_text_fn: EmbedFn | None = None
 
   @property
   def splits_loss(self) -> bool:

@@ -4,9 +4,12 @@
 - SigLIP (Zhai et al. 2023): config.loss.name = "siglip_loss", learnable temperature and bias (model.logit_bias_init).
 - LiT (Zhai et al. 2022, "locked-image tuning"): config.model.lock_image = True; the image tower is loaded from the
   run in config.model.image_checkpoint (the params subtree config.model.image_checkpoint_key, e.g. "backbone" of a
-  SimCLR run) and kept frozen. Its parameters live in model_state["locked"], not in params, so the optimizer never
-  sees them (no update, no weight decay, no optimizer state) and they are checkpointed with the state; the image
-  projection and the text tower are trained.
+  SimCLR run) and kept frozen. Locked towers live in model_state["locked"], not in params, so the optimizer never
+  sees them (no update, no weight decay, no optimizer state) and they are checkpointed with the state; the
+  projections and the unlocked tower are trained.
+- A pretrained text tower: config.pretrained = dict(kind="bert", path=<Hugging Face directory or "minilm">,
+  subtree="text_tower") with config.model.text.name = "bert" loads its weights at init; config.model.lock_text = True
+  also freezes it (run in inference mode, only the text projection trains), else it is fine-tuned.
 config.loss.mode picks how the N x N logits are covered: dense | chunked | ring (same value and gradients).
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from jax.sharding import Mesh
 
 import losses
 import models
-from methods import image_text
+from methods import image_text, pretrained
 from methods.base import Method, normalize_images, on_mesh
 
 
@@ -65,7 +68,10 @@ def _check_same_shapes(name: str, loaded, expected) -> None:
 def build(config, mesh: Mesh) -> Method:
   model = two_tower(config.model)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
-  locked = bool(config.model.get("lock_image", False))
+  lock_image, lock_text = bool(config.model.get("lock_image", False)), bool(config.model.get("lock_text", False))
+  locked_towers = [name for name, lock in (("image_tower", lock_image), ("text_tower", lock_text)) if lock]
+  if lock_text and not pretrained.has_pretrained(config):
+    raise ValueError("model.lock_text=True freezes a pretrained text tower: set config.pretrained.path.")
   max_scale = config.model.get("max_logit_scale", 100.0)
   hyper = config.loss.to_dict()
   loss_name = hyper.pop("name")
@@ -74,35 +80,37 @@ def build(config, mesh: Mesh) -> Method:
   sigmoid = loss_name == "siglip_loss"
   if sigmoid and config.model.get("logit_bias_init", None) is None:
     raise ValueError("siglip_loss needs a learnable bias: set config.model.logit_bias_init (SigLIP uses -10).")
-  pretrained = (load_locked_tower(config.model.image_checkpoint, config.model.image_checkpoint_key)
-                if locked else None)
+  image_tower = (load_locked_tower(config.model.image_checkpoint, config.model.image_checkpoint_key)
+                 if lock_image else None)
 
   def init(rng, batch):
     variables = dict(model.init(rng, normalize_images(batch["image"][:2], mean, std), batch["caption"][:2],
                                 train=False))
-    params = dict(variables.pop("params"))
-    if locked:
-      tower_params, tower_stats = pretrained
+    params = pretrained.load_into(config.get("pretrained"), dict(variables.pop("params")))
+    if lock_image:
+      tower_params, tower_stats = image_tower
       _check_same_shapes("image tower params", tower_params, params["image_tower"])
-      params.pop("image_tower")
-      variables["locked"] = {"image_tower": jax.tree.map(jnp.asarray, tower_params)}
+      params["image_tower"] = jax.tree.map(jnp.asarray, tower_params)
       if "batch_stats" in variables:
         _check_same_shapes("image tower batch_stats", tower_stats, variables["batch_stats"]["image_tower"])
         variables["batch_stats"] = {**variables["batch_stats"], "image_tower": jax.tree.map(jnp.asarray, tower_stats)}
+    if locked_towers:
+      variables["locked"] = {name: params.pop(name) for name in locked_towers}
     return params, variables, {}
 
   def embeddings(params, model_state, batch, rng):
     """Normalised image and text embeddings [B, E] (train mode), updated model_state."""
     variables = model_variables(params, model_state)
     images = normalize_images(batch["image"], mean, std)
-    if locked:
-      image_emb = jax.lax.stop_gradient(model.apply(variables, images, train=False, method="encode_image"))
+    # A locked tower runs in inference mode; its params are in model_state, so only its projection gets gradients.
+    if lock_image:
+      image_emb = model.apply(variables, images, train=False, method="encode_image")
       new_state = model_state
     else:
       image_emb, updates = model.apply(variables, images, train=True, method="encode_image",
                                        mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(rng, 0)})
       new_state = {**model_state, **updates}
-    text_emb = model.apply(variables, batch["caption"], train=True, method="encode_text",
+    text_emb = model.apply(variables, batch["caption"], train=not lock_text, method="encode_text",
                            rngs={"dropout": jax.random.fold_in(rng, 1)})
     return image_emb, text_emb, new_state
 
@@ -127,4 +135,4 @@ def build(config, mesh: Mesh) -> Method:
         config, mesh, lambda b: image_fn(state.params, state.model_state, b),
         lambda b: text_fn(state.params, state.model_state, b))
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate)
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate, embed_text_fn=embed_text)

@@ -1,7 +1,7 @@
 """Evaluation shared by image-text methods (CLIP, SigLIP, LiT, CoCa): zero-shot accuracy and retrieval R@K.
 
-Zero-shot classifies each test image by its most similar class prompt ("a {} on a background", ...), as in CLIP;
-retrieval scores each test image against all test captions and vice versa.
+Zero-shot classifies each test image by its most similar class embedding (the mean of its prompts' embeddings,
+CLIP's prompt ensembling); retrieval scores each test image against all test captions and vice versa.
 """
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def class_names(config) -> list[str]:
   if not names:
     raise ValueError(f"Zero-shot needs class names: set config.eval.class_names for data {config.data.name!r}.")
   return names[:config.data.num_classes]
+
+
+def prompt_templates(config) -> tuple[str, ...]:
+  """config.eval.templates, else the embedded dataset's caption-form prompts, else DEFAULT_TEMPLATES."""
+  from input_pipeline import shapes
+  templates = tuple(config.eval.get("templates", ()) or ())
+  if not templates and config.data.name == "shapes":
+    templates = shapes.prompt_templates()
+  return templates or DEFAULT_TEMPLATES
 
 
 def tokenize(config, texts) -> np.ndarray:
@@ -59,7 +68,7 @@ def zero_shot_and_retrieval(config, mesh, embed_image: Callable[[dict], jax.Arra
   results = {}
   if "label" in test:
     names = class_names(config)
-    templates = tuple(config.eval.get("templates", ()) or DEFAULT_TEMPLATES)
+    templates = prompt_templates(config)
     class_emb = evaluators.class_embeddings(lambda texts: embed(embed_text, {"caption": tokenize(config, texts)}),
                                             names, templates)
     results["zero_shot_accuracy"] = evaluators.zero_shot_accuracy(image_emb, test["label"], class_emb)

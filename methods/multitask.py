@@ -175,12 +175,16 @@ def build(config, mesh: Mesh) -> Method:
   def embed_fn(params, model_state, batch) -> jax.Array:
     return features(params, model_state, batch)[0]
 
+  def embed_text(params, model_state, batch) -> jax.Array:
+    return model.apply({"params": params, **model_state}, batch["caption"], train=False, method="text_embedding")
+
   def evaluate(config, state, mesh) -> dict:
     return evaluate_heads(config, model, state, mesh, jax.jit(features))
 
   # Only a projection head (SimCLR + regularisers): the trainer's kNN / linear probe of the shared encoder.
   has_eval_heads = bool(model.text or model.num_classes or model.decoder)
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate if has_eval_heads else None)
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate if has_eval_heads else None,
+                embed_text_fn=embed_text if model.text else None)
 
 
 def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict:

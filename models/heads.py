@@ -72,16 +72,27 @@ def normalize_prototypes(params: dict) -> dict:
 class MLPEncoder(nn.Module):
     """SimSkip refiner (Liu et al., 2024): out = x + MLP(x) when `out_dim` equals the input width, else MLP(x);
     the MLP is a `ProjectionHead` (BN off by default). `out_dim=None` keeps the input width.
+
+    `zero_init_residual=True` scales the residual branch by a learned per-feature gain initialised to zero,
+    out = x + gamma * MLP(x) (ReZero, Bachlechner et al. 2020; LayerScale, Touvron et al. 2021), so training starts
+    at the identity: the refined embeddings equal the inputs at step 0 and move only as far as the loss pulls them.
     """
     hidden_dim: int = 1024
     out_dim: Optional[int] = None
     num_layers: int = 2
     use_bn: bool = False
+    zero_init_residual: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         out_dim = self.out_dim or x.shape[-1]
+        skip = out_dim == x.shape[-1]
+        if self.zero_init_residual and not skip:
+            raise ValueError(f"zero_init_residual needs the skip connection: out_dim={out_dim} != input width "
+                             f"{x.shape[-1]}.")
         y = ProjectionHead(self.hidden_dim, out_dim, self.num_layers, self.use_bn, dtype=self.dtype,
                            name="mlp")(x, train=train)
-        return x.astype(jnp.float32) + y if out_dim == x.shape[-1] else y
+        if self.zero_init_residual:
+            y = y * self.param("residual_scale", nn.initializers.zeros, (out_dim,), jnp.float32)
+        return x.astype(jnp.float32) + y if skip else y

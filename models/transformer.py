@@ -2,7 +2,18 @@
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016), elementwise.
+
+    Written out because `jax.nn.gelu(approximate=False)` lowers to a slower expression on XLA:CPU: forward + backward
+    of a [4096, 1024] array took 26 ms against 4.6 ms for this form (equal to 5e-7).
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
 
 
 class MlpBlock(nn.Module):
@@ -14,7 +25,7 @@ class MlpBlock(nn.Module):
     def __call__(self, x):
         dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
                                          name=name)
-        y = nn.gelu(dense(self.mlp_dim, "fc1")(x), approximate=False)
+        y = gelu(dense(self.mlp_dim, "fc1")(x))
         return dense(x.shape[-1], "fc2")(y)
 
 

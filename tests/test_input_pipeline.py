@@ -37,6 +37,16 @@ def test_shapes_example_is_a_function_of_seed_split_index():
     assert not np.array_equal(image, shapes.render_example(1, "train", 7)[0])
 
 
+
+def test_shapes_prompt_templates_are_the_caption_forms_with_the_class_left_out():
+    templates = shapes.prompt_templates()
+    assert len(templates) == len(set(templates)) == 3 * 12 * 11
+    _, labels, captions = shapes.render(0, "test", np.arange(50), image_size=8)
+    for label, caption in zip(labels, captions):
+        assert caption in {t.format(shapes.CLASS_NAMES[label]) for t in templates}
+        assert not any(caption == t.format(other) for t in templates for other in shapes.CLASS_NAMES
+                       if other != shapes.CLASS_NAMES[label])
+
 def test_shapes_covers_every_class_with_varied_colours():
     images, labels, _ = shapes.render(0, "train", np.arange(300))
     assert set(labels.tolist()) == set(range(len(shapes.CLASS_NAMES)))
@@ -102,3 +112,28 @@ def test_empty_dataset_and_wrong_path_fail_at_start(sharding, tmp_path):
     with pytest.raises(ValueError, match="No .npz file at"):
         input_pipeline.build(small_config(name="npz", path=str(tmp_path / "missing.npz")), split="train",
                              global_batch_size=8, sharding=sharding, seed=0)
+
+
+def test_prefetch_threads_still_running_are_stopped_at_exit(sharding):
+    # Python kills daemon threads at exit; one killed inside jax's C++ aborts the process, so an atexit hook stops them.
+    from input_pipeline import iterator
+    it = input_pipeline.build(small_config(), split="train", global_batch_size=16, sharding=sharding, seed=0)
+    next(it)
+    thread = it._thread
+    assert thread.is_alive() and it in iterator._RUNNING
+    iterator._stop_running_iterators()
+    assert not thread.is_alive() and it not in iterator._RUNNING
+
+
+def test_caption_word_dropout_shortens_training_captions_only():
+    config = input_pipeline.default_data_config()
+    config.update(dict(tokenizer="", caption_word_dropout=0.5))
+    captions = np.asarray(["a small red circle on a blue background"] * 64, object)
+    ids = np.stack([np.zeros(64, int), np.arange(64)], axis=1)
+    train = input_pipeline._host_transform(config, 0, "train")({"caption": captions}, ids)["caption"]
+    kept = [len(c.split()) for c in train]
+    assert 1 <= min(kept) and max(kept) <= 8 and 3 < np.mean(kept) < 5
+    assert all(set(c.split()) <= set(captions[0].split()) for c in train)
+    transform = lambda split: input_pipeline._host_transform(config, 0, split)({"caption": captions}, ids)["caption"]
+    assert list(transform("train")) == list(train)  # a function of (seed, epoch, index)
+    assert list(transform("test")) == list(captions)

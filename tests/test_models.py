@@ -205,3 +205,12 @@ def test_prototypes_score_is_cosine_after_normalize_prototypes():
     scores = apply(model, {"params": params}, 10.0 * z, train=False)
     cosine = (z / jnp.linalg.norm(z, axis=1, keepdims=True)) @ kernel
     np.testing.assert_allclose(scores, cosine, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_equals_jax_exact_gelu_in_value_and_gradient():
+    from models.transformer import gelu
+    x = jnp.linspace(-6.0, 6.0, 1001)
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+    grad = lambda f: jax.vmap(jax.grad(f))(x)
+    np.testing.assert_allclose(grad(gelu), grad(lambda v: jax.nn.gelu(v, approximate=False)), atol=2e-6)
+    assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16

