@@ -40,6 +40,7 @@ def shapes_data(*, max_text_len: int = 0, normalize: bool = True, **extra) -> ml
   if max_text_len:
     data.max_text_len = max_text_len
     data.caption_word_dropout = 0.0  # language augmentation of training captions (input_pipeline)
+    data.hard_negatives = False  # shapes: each training row also carries its scene with another shape
   if normalize:
     data.update(dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
   data.update(extra)

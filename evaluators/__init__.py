@@ -7,7 +7,7 @@ from evaluators.knn import knn_accuracy
 from evaluators.linear_probe import linear_probe
 from evaluators.retrieval import retrieval_recall
 from evaluators.sts import load_sts_tsv, sts_spearman
-from evaluators.zero_shot import class_embeddings, zero_shot_accuracy
+from evaluators.zero_shot import class_embeddings, prompt_embeddings, zero_shot_accuracy
 
 _REGISTRY: dict[str, Callable] = {
     "knn": knn_accuracy,

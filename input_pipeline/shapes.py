@@ -93,10 +93,11 @@ def prompt_templates() -> tuple[str, ...]:
 
 
 def render_example(seed: int, split: str, index: int, image_size: int = 32,
-                   num_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, int, str]:
-    """One example: (uint8 [S, S, 3] image, class id, caption)."""
+                   num_classes: int = len(CLASS_NAMES), shape_shift: int = 0) -> tuple[np.ndarray, int, str]:
+    """One example: (uint8 [S, S, 3] image, class id, caption). `shape_shift` != 0 draws the same scene (sizes,
+    colours, position, angle, noise) with the class shifted by that many: a hard negative of the example."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    label = int(rng.integers(num_classes))
+    label = (int(rng.integers(num_classes)) + shape_shift) % num_classes
     fg, bg = rng.choice(len(COLOR_NAMES), size=2, replace=False)
     size_id = int(rng.integers(len(SIZE_NAMES)))
     radius = image_size * rng.uniform(*((0.16, 0.22), (0.22, 0.30), (0.30, 0.38))[size_id])
@@ -114,9 +115,17 @@ def render_example(seed: int, split: str, index: int, image_size: int = 32,
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, caption
 
 
+def hard_negative_shifts(seed: int, split: str, indices: np.ndarray, num_classes: int) -> np.ndarray:
+    """int [N] in [1, num_classes): the class shift of each example's hard negative, a function of the example."""
+    return np.array([np.random.default_rng([seed, SPLIT_IDS[split], int(i), 1]).integers(1, num_classes)
+                     for i in indices], np.int64)
+
+
 def render(seed: int, split: str, indices: np.ndarray, image_size: int = 32,
-           num_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Examples `indices` of a split: uint8 [N, S, S, 3], int32 [N], str [N]."""
+           num_classes: int = len(CLASS_NAMES),
+           shape_shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Examples `indices` of a split: uint8 [N, S, S, 3], int32 [N], str [N] (`shape_shifts` [N]: see
+    `render_example`)."""
     if split not in SPLIT_IDS:
         raise ValueError(f"shapes has splits {sorted(SPLIT_IDS)}, not {split!r}")
     if not 2 <= num_classes <= len(CLASS_NAMES):
@@ -125,6 +134,7 @@ def render(seed: int, split: str, indices: np.ndarray, image_size: int = 32,
     labels = np.empty((len(indices),), np.int32)
     captions = []
     for j, i in enumerate(indices):
-        images[j], labels[j], caption = render_example(seed, split, int(i), image_size, num_classes)
+        shift = 0 if shape_shifts is None else int(shape_shifts[j])
+        images[j], labels[j], caption = render_example(seed, split, int(i), image_size, num_classes, shift)
         captions.append(caption)
     return images, labels, np.array(captions, dtype=object)

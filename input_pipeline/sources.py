@@ -11,7 +11,7 @@ Columns: "image" uint8 [n, S, S, 3], "label" int32 [n], "caption" / "text" / "te
 
 | name | what | data_config fields |
 |---|---|---|
-| shapes | the embedded procedural dataset (`shapes.py`) | seed, num_classes, train_size, test_size |
+| shapes | the embedded procedural dataset (`shapes.py`) | seed, num_classes, train_size, test_size, hard_negatives |
 | tfds:<dataset> | any TFDS dataset prepared in data_dir (no download unless asked; shapes generates) | data_dir, download |
 | npz | arrays in one .npz (`{split}_images`, `{split}_labels`, optional `{split}_captions`) | path |
 | cifar10_npz | a flat JPEG-bytes npz like ../shared/data/cifar10.npz | path (default: that file) |
@@ -130,16 +130,24 @@ class EncodedImageSource(Source):
 
 
 class ShapesSource(Source):
-    """The embedded procedural dataset; rows are rendered on first read and kept in memory."""
+    """The embedded procedural dataset; rows are rendered on first read and kept in memory.
 
-    def __init__(self, seed: int, split: str, num_rows: int, image_size: int, num_classes: int):
+    With `hard_negatives`, each row also holds "image_b" / "caption_b": the same scene with another shape, so a batch
+    of image-text pairs always contains pairs that only the shape tells apart.
+    """
+
+    def __init__(self, seed: int, split: str, num_rows: int, image_size: int, num_classes: int,
+                 hard_negatives: bool = False):
         if split not in shapes.SPLIT_IDS:
             raise ValueError(f"shapes has splits {sorted(shapes.SPLIT_IDS)}, not {split!r}")
         self.args = (seed, split, image_size, num_classes)
         self.num_rows = num_rows
-        self.images = np.zeros((num_rows, image_size, image_size, 3), np.uint8)
-        self.labels = np.zeros((num_rows,), np.int32)
-        self.captions = np.empty((num_rows,), object)
+        variants = ("", "_b") if hard_negatives else ("",)
+        self.columns = {}
+        for v in variants:
+            self.columns.update({f"image{v}": np.zeros((num_rows, image_size, image_size, 3), np.uint8),
+                                 f"label{v}": np.zeros((num_rows,), np.int32),
+                                 f"caption{v}": np.empty((num_rows,), object)})
         self.rendered = np.zeros((num_rows,), bool)
         self.class_names = list(shapes.CLASS_NAMES[:num_classes])
 
@@ -148,11 +156,15 @@ class ShapesSource(Source):
         todo = np.unique(indices[~self.rendered[indices]])
         if len(todo):
             seed, split, image_size, num_classes = self.args
-            self.images[todo], self.labels[todo], self.captions[todo] = shapes.render(
+            cols = self.columns
+            cols["image"][todo], cols["label"][todo], cols["caption"][todo] = shapes.render(
                 seed, split, todo, image_size, num_classes)
+            if "image_b" in cols:
+                shifts = shapes.hard_negative_shifts(seed, split, todo, num_classes)
+                cols["image_b"][todo], cols["label_b"][todo], cols["caption_b"][todo] = shapes.render(
+                    seed, split, todo, image_size, num_classes, shifts)
             self.rendered[todo] = True
-        return ({"image": self.images[indices], "label": self.labels[indices], "caption": self.captions[indices]},
-                np.ones(len(indices), bool))
+        return {k: v[indices] for k, v in self.columns.items()}, np.ones(len(indices), bool)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,7 +240,9 @@ def shapes_source(data_config, split):
     sizes["validation"] = _cfg(data_config, "validation_size", sizes["test"])
     if split not in sizes:
         raise ValueError(f"shapes has splits {sorted(sizes)}, not {split!r}")
-    return ShapesSource(data_config.seed, split, sizes[split], data_config.image_size, data_config.num_classes)
+    hard_negatives = split == "train" and _cfg(data_config, "hard_negatives", False)
+    return ShapesSource(data_config.seed, split, sizes[split], data_config.image_size, data_config.num_classes,
+                        hard_negatives)
 
 
 @register("npz")

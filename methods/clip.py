@@ -65,6 +65,15 @@ def _check_same_shapes(name: str, loaded, expected) -> None:
                      f"expected {shapes(expected)}.")
 
 
+def with_hard_negatives(batch: dict) -> tuple[jax.Array, jax.Array]:
+  """(images, captions) of a batch; rows that carry a hard negative ("image_b", "caption_b": e.g. the shapes scene with
+  another shape) give two pairs each, adjacent, so both stay on the row's device: [B, ...] -> [2B, ...]."""
+  if "image_b" not in batch:
+    return batch["image"], batch["caption"]
+  interleave = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
+  return interleave(batch["image"], batch["image_b"]), interleave(batch["caption"], batch["caption_b"])
+
+
 def build(config, mesh: Mesh) -> Method:
   model = two_tower(config.model)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
@@ -101,7 +110,8 @@ def build(config, mesh: Mesh) -> Method:
   def embeddings(params, model_state, batch, rng):
     """Normalised image and text embeddings [B, E] (train mode), updated model_state."""
     variables = model_variables(params, model_state)
-    images = normalize_images(batch["image"], mean, std)
+    images, captions = with_hard_negatives(batch)
+    images = normalize_images(images, mean, std)
     # A locked tower runs in inference mode; its params are in model_state, so only its projection gets gradients.
     if lock_image:
       image_emb = model.apply(variables, images, train=False, method="encode_image")
@@ -110,7 +120,7 @@ def build(config, mesh: Mesh) -> Method:
       image_emb, updates = model.apply(variables, images, train=True, method="encode_image",
                                        mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(rng, 0)})
       new_state = {**model_state, **updates}
-    text_emb = model.apply(variables, batch["caption"], train=not lock_text, method="encode_text",
+    text_emb = model.apply(variables, captions, train=not lock_text, method="encode_text",
                            rngs={"dropout": jax.random.fold_in(rng, 1)})
     return image_emb, text_emb, new_state
 

@@ -69,9 +69,11 @@ def zero_shot_and_retrieval(config, mesh, embed_image: Callable[[dict], jax.Arra
   if "label" in test:
     names = class_names(config)
     templates = prompt_templates(config)
-    class_emb = evaluators.class_embeddings(lambda texts: embed(embed_text, {"caption": tokenize(config, texts)}),
-                                            names, templates)
-    results["zero_shot_accuracy"] = evaluators.zero_shot_accuracy(image_emb, test["label"], class_emb)
+    prompts = evaluators.prompt_embeddings(lambda texts: embed(embed_text, {"caption": tokenize(config, texts)}),
+                                           names, templates)
+    # CLIP's prompt ensembling (the mean of a class's prompts), and the nearest prompt of each class.
+    results["zero_shot_accuracy"] = evaluators.zero_shot_accuracy(image_emb, test["label"], prompts.mean(axis=1))
+    results["zero_shot_nearest_prompt_accuracy"] = evaluators.zero_shot_accuracy(image_emb, test["label"], prompts)
     results["chance"] = 1.0 / len(names)
   if "caption" in test:
     text_emb = embed(embed_text, {"caption": tokenize(config, test["caption"])})

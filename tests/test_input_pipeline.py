@@ -137,3 +137,16 @@ def test_caption_word_dropout_shortens_training_captions_only():
     transform = lambda split: input_pipeline._host_transform(config, 0, split)({"caption": captions}, ids)["caption"]
     assert list(transform("train")) == list(train)  # a function of (seed, epoch, index)
     assert list(transform("test")) == list(captions)
+
+
+def test_shapes_hard_negative_is_the_same_scene_with_another_shape():
+    config = small_config()
+    config.hard_negatives = True
+    rows, _ = input_pipeline.sources.get_source(config, "train").read(np.arange(20))
+    assert np.all(rows["label_b"] != rows["label"])
+    for caption, label, caption_b, label_b in zip(rows["caption"], rows["label"], rows["caption_b"], rows["label_b"]):
+        assert caption_b == caption.replace(shapes.CLASS_NAMES[label], shapes.CLASS_NAMES[label_b])
+    # Same colours and noise: the two images differ only where the shapes do.
+    differs = np.any(rows["image"] != rows["image_b"], axis=-1).mean(axis=(1, 2))
+    assert np.all(differs > 0) and np.all(differs < 0.6)
+    assert "image_b" not in input_pipeline.sources.get_source(config, "test").read(np.arange(2))[0]

@@ -154,7 +154,7 @@ def test_lit_keeps_the_pretrained_image_tower_frozen_and_out_of_params(run):
 
 
 @pytest.mark.parametrize("name,keys", [
-    ("clip", ("zero_shot_accuracy", "i2t_r@1", "i2t_r@5", "t2i_r@1", "t2i_r@5")),
+    ("clip", ("zero_shot_accuracy", "zero_shot_nearest_prompt_accuracy", "i2t_r@1", "i2t_r@5", "t2i_r@1", "t2i_r@5")),
     ("simcse", ("linear_probe_accuracy", "knn_accuracy")),
     ("simskip", ("input_linear_probe_accuracy", "refined_linear_probe_accuracy")),
     ("coca", ("zero_shot_accuracy", "caption_exact_match", "caption_names_class")),
