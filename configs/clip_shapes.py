@@ -16,8 +16,10 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "vit", "causal", "jsonl"))
-  c = common.base("clip", batch_size=256, total_steps=1000)
-  c.data = common.shapes_data(max_text_len=56)
+  # 128 rows of 2 pairs each: a shapes scene and the same scene with another shape (data.hard_negatives), so every
+  # batch holds pairs that only the shape tells apart; 256 image-text pairs per step.
+  c = common.base("clip", batch_size=128, total_steps=1500)
+  c.data = common.shapes_data(max_text_len=56, hard_negatives=True)
 
   c.model = ml_collections.ConfigDict(dict(
       image=common.vit() if "vit" in args else common.resnet(),
@@ -32,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict(dict(enabled=True))  # both towers: uint8 images / int32 token ids -> embedding
 
   if "jsonl" in args:
-    c.data.update(common.jsonl_pairs())
+    c.data.update(common.jsonl_pairs(), hard_negatives=False)
+    c.batch_size, c.total_steps = 256, 1000
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)
     c.model.image = common.vit(width=16, depth=1, num_heads=2) if "vit" in args else common.resnet((1,), width=8)

@@ -89,7 +89,8 @@ def probe_eval(*, by_trainer: bool = True, **extra) -> ml_collections.ConfigDict
 
 def image_text_eval(**extra) -> ml_collections.ConfigDict:
   """Zero-shot classification and retrieval on the whole test split, with the data's class names and templates."""
-  return ml_collections.ConfigDict(dict(batch_size=512, test_examples=0, class_names=(), templates=(), **extra))
+  return ml_collections.ConfigDict(dict(batch_size=512, test_examples=0, class_names=(), templates=(), every_steps=0,
+                                        **extra))
 
 
 def tiny(c: ml_collections.ConfigDict, *, adamw: bool = False) -> None:
