@@ -1,12 +1,15 @@
 """Runs our benchmarks and the torch peers back to back, in one invocation, and prints one JSON line with the ratios.
 
     .venv/bin/python benchmarks/run_peers.py --workloads simclr clip --repeats 2
-    .venv/bin/python benchmarks/run_peers.py --workloads simclr --env CONV=im2col --env BATCH=64
+    .venv/bin/python benchmarks/run_peers.py --workloads simclr --env CONV=xla --env BATCH=64
+    .venv/bin/python benchmarks/run_peers.py --workloads simclr --variant DEVICES=1 --variant DEVICES=2
 
 Each repeat runs ours and the peer as separate subprocesses, one after the other, with the same THREADS and the same
-environment variables (--env), alternating which goes first; the peer runs in its own venv (benchmarks/setup_peers.sh).
-ratio = our throughput / the peer's, per repeat; the machine's 1-minute load average is recorded before every run, since
-on a shared machine the spread between repeats is part of the result.
+environment variables (--env), rotating which goes first; the peer runs in its own venv (benchmarks/setup_peers.sh).
+Each --variant is one more configuration of ours (its variables on top of --env), run in every repeat beside the
+peer, so variants are compared under the same load. ratio = our throughput / the peer's of the same repeat; the
+machine's 1-minute load average is recorded before every run, since on a shared machine the spread between repeats is
+part of the result.
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="set for both ours and the peer (BATCH, STEPS) or read only by ours (CONV, ACCUM, ...)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
+                        help="a configuration of ours, run in every repeat (default: one, --env only)")
     parser.add_argument("--peer_python", default=os.path.expanduser("~/.cache/peerv/bin/python"))
     parser.add_argument("--peers_dir", default=PEERS)
     parser.add_argument("--peer_malloc", choices=["default", "tuned"], default="default",
@@ -73,23 +78,30 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} cores", "threads": args.threads, "env": extra, "peer_malloc": args.peer_malloc,
            "preload": args.preload}
+    variants = {label: {**env, **dict(item.split("=", 1) for item in label.split(",") if item)}
+                for label in args.variant or [""]}
     for name in args.workloads:
         ours_script, peer_script, key = WORKLOADS[name]
         ours_cmd = [sys.executable, os.path.join(ROOT, ours_script)]
         peer_cmd = [args.peer_python, os.path.join(args.peers_dir, peer_script)]
-        ours, theirs = [], []
+        runs = [("peer", peer_cmd, peer_env, args.peers_dir)] + [(label, ours_cmd, run_env, ROOT)
+                                                                for label, run_env in variants.items()]
+        records = {who: [] for who, *_ in runs}
         for repeat in range(args.repeats):
-            order = [("ours", ours_cmd, env), ("peer", peer_cmd, peer_env)]
-            for who, cmd, run_env in order if repeat % 2 == 0 else order[::-1]:
-                cwd = ROOT if who == "ours" else args.peers_dir
-                (ours if who == "ours" else theirs).append(run_json(cmd, run_env, cwd, args.timeout))
-        ratios = [o[key] / t[key] for o, t in zip(ours, theirs)]
-        out[name] = {"ratio_ours_over_peer": summary(ratios), "ratios": [round(r, 3) for r in ratios],
-                     f"ours_{key}": [round(o[key], 2) for o in ours], f"peer_{key}": [round(t[key], 2) for t in theirs],
-                     "ours_peak_rss_mb": [round(o["peak_rss_mb"]) for o in ours],
-                     "peer_peak_rss_mb": [round(t["peak_rss_mb"]) for t in theirs],
-                     "load_avg_1m": [[o["load_avg_1m_before"], t["load_avg_1m_before"]] for o, t in zip(ours, theirs)],
-                     "ours": ours, "peer": theirs}
+            shift = repeat % len(runs)
+            for who, cmd, run_env, cwd in runs[shift:] + runs[:shift]:
+                records[who].append(run_json(cmd, run_env, cwd, args.timeout))
+        theirs = records.pop("peer")
+        out[name] = {f"peer_{key}": [round(t[key], 2) for t in theirs],
+                     "peer_peak_rss_mb": [round(t["peak_rss_mb"]) for t in theirs], "peer": theirs}
+        for label, ours in records.items():
+            ratios = [o[key] / t[key] for o, t in zip(ours, theirs)]
+            out[name][label or "ours"] = {
+                "ratio_ours_over_peer": summary(ratios), "ratios": [round(r, 3) for r in ratios],
+                f"ours_{key}": [round(o[key], 2) for o in ours],
+                "ours_peak_rss_mb": [round(o["peak_rss_mb"]) for o in ours],
+                "load_avg_1m": [[o["load_avg_1m_before"], t["load_avg_1m_before"]] for o, t in zip(ours, theirs)],
+                "runs": ours}
     print(json.dumps(out))
 
 

@@ -9,9 +9,9 @@ momentum 0.9. The step is the trainer's own (`train.trainer.make_train_step`: do
 metrics) around the SimCLR method's encoder and loss stages.
 
 Environment: BATCH (256), STEPS (3 timed steps after one warm-up), THREADS (cores to run on, default all),
-CONV ("blocked" or "xla": the ResNet's conv lowering, models.conv), ACCUM (micro-batches per step; >1 = the trainer's
-cached (GradCache) accumulation: full-batch negatives and gradient, BatchNorm statistics per micro-batch), DEVICES
-(host devices the batch is split over, default 1), MALLOC ("default" or "tuned", see `tune_malloc`). A faster
+CONV ("blocked", "xla" or "auto": the ResNet's conv lowering, models.conv), ACCUM (micro-batches per step; >1 = the
+trainer's cached (GradCache) accumulation: full-batch negatives and gradient, BatchNorm statistics per micro-batch),
+DEVICES (host devices the batch is split over, default 1), MALLOC ("default" or "tuned", see `tune_malloc`). A faster
 allocator is a process setting: run_peers.py --preload gives one to both ours and the peer.
 """
 from __future__ import annotations

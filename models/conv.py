@@ -1,4 +1,5 @@
-"""Convolution lowerings, by name: XLA's own ("xla", `nn.Conv`) or cache-blocked ("blocked", `BlockedConv`).
+"""Convolution lowerings, by name: XLA's own ("xla", `nn.Conv`), cache-blocked ("blocked", `BlockedConv`), or "auto"
+(blocked on CPU, XLA's on GPU/TPU, where XLA's convolutions are the fast ones).
 
 Both modules take the same constructor arguments and hold the same parameters ("kernel" [kh, kw, C_in, C_out], optional
 "bias" [C_out]), so a checkpoint trained with one loads into the other; `get(impl)` returns the class.
@@ -7,10 +8,12 @@ Why "blocked": on XLA:CPU a convolution's weight gradient is lowered to a convol
 plus transposes of the activations; in a ResNet-18 step on a 2-core host these took about 60% of the time. The blocked
 lowering computes the weight gradient as im2col(x)^T @ dy, and every pass (forward, input and weight gradient) over
 blocks of a few images at a time (`lax.map` / `lax.scan`), so each block's patches and outputs stay in the CPU caches.
-Use it on one device: with the batch split over several (host) devices the loops hold per-block all-reduces, and two
-host devices hung in XLA:CPU's all-reduce rendezvous (benchmarks/README.md).
+With the batch sharded over several devices, each loop step takes one block of every device's rows and the weight
+gradient is carried as per-device partial sums, so no collective runs inside a loop (per-block all-reduces there hung
+XLA:CPU's rendezvous with two host devices); the partial sums are reduced once, after the loop.
 """
 import functools
+import math
 from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
@@ -47,22 +50,38 @@ def _images_per_block(batch: int, pixels_per_image: int, block_rows: int) -> int
     return size
 
 
-def _blocks(x: jax.Array, size: int) -> jax.Array:
-    """[B, ...] -> [B / size, size, ...]; block i holds rows i, i + B / size, ...: a batch sharded over devices stays
-    sharded on the second axis, so the loop over blocks never gathers across devices."""
-    return x.reshape((size, x.shape[0] // size) + x.shape[1:]).swapaxes(0, 1)
+def _layout(batch: int, pixels_per_image: int, block_rows: int) -> tuple[int, int]:
+    """(shards, images per shard and block): the batch splits into `shards` contiguous row ranges, one per device
+    when the batch is sharded over all devices, and each range into blocks of at most `block_rows` output pixels."""
+    shards = math.gcd(batch, jax.device_count())
+    return shards, _images_per_block(batch // shards, pixels_per_image, block_rows)
+
+
+def _blocks(x: jax.Array, shards: int, size: int) -> jax.Array:
+    """[B, ...] -> [num_blocks, shards, size, ...]: block i holds rows i * size ... (i + 1) * size - 1 of every shard's
+    contiguous range, so with the batch sharded over devices each device loops over its own rows only."""
+    x = x.reshape((shards, -1, size) + x.shape[1:])
+    return x.swapaxes(0, 1)
 
 
 def _unblocks(x: jax.Array) -> jax.Array:
     """Inverse of `_blocks`."""
-    return x.swapaxes(0, 1).reshape((-1,) + x.shape[2:])
+    return x.swapaxes(0, 1).reshape((-1,) + x.shape[3:])
 
 
-def _per_block(fn: Callable, size: int, *arrays: jax.Array) -> jax.Array:
-    """fn over blocks of `size` rows of each array, one block after the other; the outputs in the original order."""
-    if size == arrays[0].shape[0]:
+def _merge(x: jax.Array) -> jax.Array:
+    """[shards, size, ...] -> [shards * size, ...]."""
+    return x.reshape((-1,) + x.shape[2:])
+
+
+def _per_block(fn: Callable, shards: int, size: int, *arrays: jax.Array) -> jax.Array:
+    """fn over blocks of `size` rows of every shard of each array, one block after the other (lax.map); the outputs
+    in the original order."""
+    if shards * size == arrays[0].shape[0]:
         return fn(*arrays)
-    return _unblocks(jax.lax.map(lambda block: fn(*block), tuple(_blocks(a, size) for a in arrays)))
+    blocks = tuple(_blocks(a, shards, size) for a in arrays)
+    out = jax.lax.map(lambda block: fn(*map(_merge, block)), blocks)
+    return _unblocks(out.reshape((out.shape[0], shards, size) + out.shape[2:]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -71,10 +90,13 @@ def conv_blocked(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padd
     """2-D convolution (cross-correlation, as lax.conv_general_dilated) in blocks of images, with an im2col weight
     gradient. x [B, H, W, C_in], kernel [kh, kw, C_in, C_out] -> [B, H_out, W_out, C_out].
 
-    Blocks hold at most `block_rows` output pixels (at least one image). Forward: XLA's convolution per block.
-    Backward: dkernel = sum over blocks of im2col(x_block)^T @ dy_block; dx per block by the transposed convolution
-    (stride 1) or as the transpose of im2col applied to dy_block @ kernel^T (strided). Only x and the kernel are kept
-    for the backward pass, as for a native convolution.
+    The batch is viewed as S = gcd(B, device count) contiguous shards (the devices' rows when the batch is sharded
+    over them) and each shard as blocks of at most `block_rows` output pixels (at least one image); a loop step takes
+    one block of every shard. Forward: XLA's convolution per block. Backward: dkernel = sum over shards of (sum over
+    blocks of im2col(x_block)^T @ dy_block), the per-shard partial sums [S, kh*kw*C_in, C_out] carried through the
+    loop so that the only cross-device reduction comes after it; dx per block by the transposed convolution (stride 1)
+    or as the transpose of im2col applied to dy_block @ kernel^T (strided). Only x and the kernel are kept for the
+    backward pass, as for a native convolution.
     """
     return _conv_blocked_fwd(x, kernel, strides, padding, block_rows)[0]
 
@@ -83,39 +105,44 @@ def _conv_blocked_fwd(x, kernel, strides, padding, block_rows):
     kh, kw = kernel.shape[:2]
     h_out = (x.shape[1] + sum(padding[0]) - kh) // strides[0] + 1
     w_out = (x.shape[2] + sum(padding[1]) - kw) // strides[1] + 1
-    size = _images_per_block(x.shape[0], h_out * w_out, block_rows)
-    return _per_block(lambda xb: _conv(xb, kernel, strides, padding), size, x), (x, kernel)
+    shards, size = _layout(x.shape[0], h_out * w_out, block_rows)
+    return _per_block(lambda xb: _conv(xb, kernel, strides, padding), shards, size, x), (x, kernel)
 
 
 def _conv_blocked_bwd(strides, padding, block_rows, residuals, dy):
     x, kernel = residuals
     kh, kw, c_in, c_out = kernel.shape
-    size = _images_per_block(dy.shape[0], dy.shape[1] * dy.shape[2], block_rows)
+    shards, size = _layout(dy.shape[0], dy.shape[1] * dy.shape[2], block_rows)
     patches = lambda xb: im2col_patches(xb, (kh, kw), strides, padding)
     flat_kernel = kernel.reshape(kh * kw * c_in, c_out)
 
     def add_block(dkernel, block):
+        # [shards, size, ...] blocks: the contraction stays within each shard (a batched matmul over shards), so a
+        # sharded batch needs no collective inside the loop.
         xb, dyb = block
-        return dkernel + jnp.einsum("bhwk,bhwo->ko", patches(xb), dyb, preferred_element_type=jnp.float32), None
+        xb_patches = patches(_merge(xb)).reshape(xb.shape[:2] + dyb.shape[2:4] + (-1,))
+        return dkernel + jnp.einsum("sbhwk,sbhwo->sko", xb_patches, dyb, preferred_element_type=jnp.float32), None
 
-    zeros = jnp.zeros(flat_kernel.shape, jnp.float32)
-    if size == x.shape[0]:
-        dkernel, _ = add_block(zeros, (x, dy))
+    zeros = jnp.zeros((shards,) + flat_kernel.shape, jnp.float32)
+    blocks = (_blocks(x, shards, size), _blocks(dy, shards, size))
+    if blocks[0].shape[0] == 1:
+        partial_dkernel, _ = add_block(zeros, (blocks[0][0], blocks[1][0]))
     else:
-        dkernel, _ = jax.lax.scan(add_block, zeros, (_blocks(x, size), _blocks(dy, size)))
+        partial_dkernel, _ = jax.lax.scan(add_block, zeros, blocks)
+    dkernel = jnp.sum(partial_dkernel, axis=0)
 
     if tuple(strides) == (1, 1):
         # The input gradient of a stride-1 convolution is a stride-1 convolution of dy with the flipped, transposed
         # kernel: XLA's fast forward path, unlike the dilated form autodiff would emit for strided convolutions.
         flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
         pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding))
-        dx = _per_block(lambda dyb: _conv(dyb, flipped, (1, 1), pads), size, dy)
+        dx = _per_block(lambda dyb: _conv(dyb, flipped, (1, 1), pads), shards, size, dy)
     else:
         def input_grad(xb, dyb):
             _, im2col_transpose = jax.vjp(patches, xb)
             return im2col_transpose(jnp.einsum("bhwo,ko->bhwk", dyb, flat_kernel))[0]
 
-        dx = _per_block(input_grad, size, x, dy)
+        dx = _per_block(input_grad, shards, size, x, dy)
     return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -161,7 +188,10 @@ IMPLS: dict[str, type[nn.Module]] = {"xla": nn.Conv, "blocked": BlockedConv}
 
 
 def get(impl: str) -> type[nn.Module]:
-    """The conv module class of a lowering: "xla" (nn.Conv) or "blocked" (BlockedConv)."""
+    """The conv module class of a lowering: "xla" (nn.Conv), "blocked" (BlockedConv) or "auto" (blocked when JAX's
+    default backend is the CPU, else nn.Conv)."""
+    if impl == "auto":
+        impl = "blocked" if jax.default_backend() == "cpu" else "xla"
     if impl not in IMPLS:
-        raise ValueError(f"conv_impl must be one of {sorted(IMPLS)}, got {impl!r}")
+        raise ValueError(f"conv_impl must be one of {sorted(IMPLS) + ['auto']}, got {impl!r}")
     return IMPLS[impl]

@@ -88,7 +88,9 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9  # torch momentum 0.1
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
-    conv_impl: str = "xla"  # models.conv: "blocked" is faster on CPU hosts; checkpoints are interchangeable
+    # models.conv: "blocked" is faster on CPU hosts, on one or several devices; "auto" picks it on CPU only.
+    # Checkpoints are interchangeable between lowerings.
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
