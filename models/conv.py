@@ -180,7 +180,10 @@ class BlockedConv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         padding = _explicit_padding(self.padding, kernel_size, strides, x.shape[1:3])
-        y = conv_blocked(x, kernel, strides, padding, self.block_rows)
+        if isinstance(x.shape[0], int):
+            y = conv_blocked(x, kernel, strides, padding, self.block_rows)
+        else:  # a symbolic batch (jax.export's shape polymorphism) cannot be cut into blocks: XLA's convolution
+            y = _conv(x, kernel, strides, padding)
         return y + bias if bias is not None else y
 
 

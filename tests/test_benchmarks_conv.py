@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +145,15 @@ def test_sharded_train_step_with_blocked_convs_equals_the_one_device_step_and_fi
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["loss"] > 0
     assert result["max_abs_diff"] < 1e-5
+
+
+def test_blocked_conv_exports_with_a_symbolic_batch():
+    # jax.export's symbolic batch cannot be cut into blocks: the module falls back to XLA's convolution there.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 8, 8, 3)), jnp.float32)
+    module = conv.BlockedConv(features=4, kernel_size=(3, 3), strides=(2, 2))
+    params = module.init(jax.random.PRNGKey(0), x)
+    (batch,) = jax.export.symbolic_shape("b")
+    exported = jax.export.export(jax.jit(lambda v: module.apply(params, v)))(
+        jax.ShapeDtypeStruct((batch, 8, 8, 3), jnp.float32))
+    for n in (2, 5):
+        np.testing.assert_allclose(exported.call(x[:n]), nn.Conv(4, (3, 3), (2, 2)).apply(params, x[:n]), atol=1e-5)
