@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.simclr_step import configure_host, env_int, peak_rss_mb, time_steps  # noqa: E402
+from benchmarks.simclr_step import configure_host, env_int, peak_rss_mb, time_train_steps  # noqa: E402
 
 
 def clip_config(batch: int, *, tiny: bool = False):
@@ -67,17 +67,10 @@ def main() -> None:
     import jax
 
     step, state, data = build_step(clip_config(batch))
-    holder = [state]
-
-    def run_step():
-        holder[0], metrics = step(holder[0], data)
-        jax.block_until_ready(metrics["loss"])
-
-    times = time_steps(run_step, steps)
+    times, params = time_train_steps(step, state, data, steps)
     best = min(times)
-    params = sum(x.size for x in jax.tree.leaves(holder[0].params))
     print(json.dumps(dict(workload="clip_tiny", framework=f"jax {jax.__version__}", batch=batch, step_s=best,
-                          pairs_per_s=batch / best, step_s_all=[round(t, 3) for t in times], params=int(params),
+                          pairs_per_s=batch / best, step_s_all=[round(t, 3) for t in times], params=params,
                           peak_rss_mb=peak_rss_mb(), **host)))
 
 

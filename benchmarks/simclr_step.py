@@ -59,15 +59,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_steps(run_step, steps: int) -> list[float]:
-    """Seconds of each of `steps` calls of `run_step()` (which must block until done), after one warm-up call."""
-    run_step()
+def time_train_steps(step, state, data, steps: int) -> tuple[list[float], int]:
+    """(seconds of each of `steps` train steps after one warm-up step, parameter count); the state is donated and
+    threaded through, each step blocked on until its loss is ready."""
+    import jax
+    holder = [state]
     times = []
-    for _ in range(steps):
+    for i in range(steps + 1):
         start = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - start)
-    return times
+        holder[0], metrics = step(holder[0], data)
+        jax.block_until_ready(metrics["loss"])
+        if i:
+            times.append(time.perf_counter() - start)
+    return times, int(sum(x.size for x in jax.tree.leaves(holder[0].params)))
 
 
 def env_int(name: str, default: int) -> int:
@@ -130,18 +134,11 @@ def main() -> None:
     config = simclr_config(batch, conv=conv, accum=accum)
     views = np.random.default_rng(0).standard_normal((batch, 2, 32, 32, 3), dtype=np.float32)
     step, state, data = build_step(config, views)
-    holder = [state]
-
-    def run_step():
-        holder[0], metrics = step(holder[0], data)
-        jax.block_until_ready(metrics["loss"])
-
-    times = time_steps(run_step, steps)
+    times, params = time_train_steps(step, state, data, steps)
     best = min(times)
-    params = sum(x.size for x in jax.tree.leaves(holder[0].params))
     print(json.dumps(dict(workload="simclr_resnet18_cifar", framework=f"jax {jax.__version__}", batch=batch,
                           images_per_step=2 * batch, step_s=best, images_per_s=2 * batch / best,
-                          step_s_all=[round(t, 3) for t in times], conv=conv, accum=accum, params=int(params),
+                          step_s_all=[round(t, 3) for t in times], conv=conv, accum=accum, params=params,
                           peak_rss_mb=peak_rss_mb(), **host)))
 
 

@@ -21,21 +21,24 @@ def simcse_config(path):
   return c
 
 
-def test_simcse_init_loads_the_checkpoint_into_the_backbone(tmp_path):
-  write_checkpoint(tmp_path, hf_checkpoint())
-  config = simcse_config(tmp_path)
+def simcse_from_checkpoint(path):
+  """(method, params, model_state) of the tiny SimCSE recipe initialised from a random HF checkpoint written to path."""
+  write_checkpoint(path, hf_checkpoint())
+  config = simcse_config(path)
   method = methods.get("simcse")(config, mesh_lib.build_mesh(config.mesh))
-  params, _, _ = method.init(jax.random.PRNGKey(0), {"text": TOKENS})
+  params, model_state, _ = method.init(jax.random.PRNGKey(0), {"text": TOKENS})
+  return method, params, model_state
+
+
+def test_simcse_init_loads_the_checkpoint_into_the_backbone(tmp_path):
+  _, params, _ = simcse_from_checkpoint(tmp_path)
   _, expected = load_bert(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, params["backbone"], expected)
   assert "head" in params  # the projection head stays freshly initialised
 
 
 def test_simcse_embeddings_from_the_checkpoint_equal_the_loaded_bert(tmp_path):
-  write_checkpoint(tmp_path, hf_checkpoint())
-  config = simcse_config(tmp_path)
-  method = methods.get("simcse")(config, mesh_lib.build_mesh(config.mesh))
-  params, model_state, _ = method.init(jax.random.PRNGKey(0), {"text": TOKENS})
+  method, params, model_state = simcse_from_checkpoint(tmp_path)
   model, bert_params = load_bert(tmp_path)
   expected = model.apply({"params": bert_params}, TOKENS, train=False)
   np.testing.assert_allclose(method.embed_fn(params, model_state, {"text": TOKENS}), expected, rtol=1e-5, atol=1e-6)
