@@ -1,11 +1,11 @@
-# `make run`: set up and train the default recipe on the embedded dataset. `make test`: set up and run the tests.
+# `make run`: set up and train the default recipe on the embedded dataset. `make test`: set up, lint and run the tests.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/simclr_shapes.py
 WORKDIR ?= workdirs/simclr_shapes
 
-.PHONY: run test venv clean
+.PHONY: run test lint venv clean
 
 $(BIN)/activate: requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ run: venv
 	mkdir -p $(dir $(WORKDIR))
 	$(BIN)/python main.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: venv $(VENV)/.test-extras
+lint: venv
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+
+test: venv $(VENV)/.test-extras lint
 	$(BIN)/python -m pytest -q tests
 
 clean:

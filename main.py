@@ -1,12 +1,13 @@
 """Command line: train, evaluate, export or embed with a config file.
 
-    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr [--config.batch_size=512 ...]
-    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=eval
-    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=export
-    python main.py --mode=embed --workdir=workdirs/simclr --input=images.npy --output=emb.npy
-    python main.py --mode=embed --workdir=workdirs/clip --input=sentences.txt --output=text_emb.npy   # text tower
-    python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # one per host
+python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr [--config.batch_size=512 ...]
+python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=eval
+python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=export
+python main.py --mode=embed --workdir=workdirs/simclr --input=images.npy --output=emb.npy
+python main.py --mode=embed --workdir=workdirs/clip --input=sentences.txt --output=text_emb.npy   # text tower
+python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # one per host
 """
+
 import json
 import logging
 import os
@@ -22,16 +23,31 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "embed"],
 _INPUT = flags.DEFINE_string("input", None, "--mode=embed: .npy array, folder of images, or text file.")
 _OUTPUT = flags.DEFINE_string("output", None, "--mode=embed: where to write the embeddings (.npy).")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "--mode=embed: exported model directory (default <workdir>/export).")
-_TOWER = flags.DEFINE_enum("tower", None, ["image", "text"], "--mode=embed: which exported tower (default: image for a "
-                           "folder or .npy, text for a text file; --tower=text with a .npy takes token ids).")
-_PROFILE = flags.DEFINE_bool("profile", False, "--mode=train: write a jax.profiler trace of config.profile_steps "
-                              "(default: the 3rd to 5th step) to <workdir>/profile.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0 "
-                                   "(default $JAX_COORDINATOR_ADDRESS; on SLURM/Open MPI/Cloud TPU detected).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes "
-                                      "(default $JAX_NUM_PROCESSES).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index "
-                                   "(default $JAX_PROCESS_ID).")
+_TOWER = flags.DEFINE_enum(
+  "tower",
+  None,
+  ["image", "text"],
+  "--mode=embed: which exported tower (default: image for a "
+  "folder or .npy, text for a text file; --tower=text with a .npy takes token ids).",
+)
+_PROFILE = flags.DEFINE_bool(
+  "profile",
+  False,
+  "--mode=train: write a jax.profiler trace of config.profile_steps "
+  "(default: the 3rd to 5th step) to <workdir>/profile.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-process runs: host:port of process 0 "
+  "(default $JAX_COORDINATOR_ADDRESS; on SLURM/Open MPI/Cloud TPU detected).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Multi-process runs: number of processes (default $JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "Multi-process runs: this process's index (default $JAX_PROCESS_ID)."
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -42,8 +58,13 @@ def main(argv):
   workdir = _WORKDIR.value
   if _MODE.value == "embed":  # needs only the exported artifact, not the training code
     from export import embed
-    out = embed.embed_path(_ARTIFACT.value or os.path.join(workdir, "export"), _INPUT.value,
-                           _OUTPUT.value or os.path.join(workdir, "embeddings.npy"), tower=_TOWER.value)
+
+    out = embed.embed_path(
+      _ARTIFACT.value or os.path.join(workdir, "export"),
+      _INPUT.value,
+      _OUTPUT.value or os.path.join(workdir, "embeddings.npy"),
+      tower=_TOWER.value,
+    )
     print(f"wrote {out}")
     return
   config = _CONFIG.value
@@ -51,8 +72,10 @@ def main(argv):
     raise app.UsageError("--config is required for --mode=train/eval/export (e.g. --config=configs/simclr_shapes.py).")
 
   from train import distributed
+
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from train import trainer
+
   if _MODE.value == "train":
     results = trainer.train_and_evaluate(config, workdir, profile=_PROFILE.value)
     if "stopped_at_step" not in results and config.export.enabled:
@@ -70,6 +93,7 @@ def _export(config, workdir: str, trained=None) -> str:
   """Exports every tower of the method (image and / or text) to <workdir>/export, with one model card."""
   from export import jax_export
   from train import trainer
+
   if trained is None:
     _, method, state = trainer.restore_trained(config, workdir)
   else:
@@ -79,14 +103,21 @@ def _export(config, workdir: str, trained=None) -> str:
     os.remove(os.path.join(out, jax_export.MODEL_CARD))
   # A sentence encoder's embed_fn is its text tower: it has no image tower.
   towers = (["image"] if method.embed_text_fn is not method.embed_fn else []) + (
-      ["text"] if method.embed_text_fn is not None else [])
+    ["text"] if method.embed_text_fn is not None else []
+  )
   size, max_len = config.data.image_size, config.data.get("max_text_len", 64)
   args = (method, state.params, state.model_state)
   if "image" in towers:
     jax_export.export_image_encoder(*args, image_shape=(size, size, 3), out_dir=out, config=config)
   if "text" in towers:
-    jax_export.export_text_encoder(*args, max_len=max_len, out_dir=out, tokenizer=config.data.get("tokenizer", "bytes"),
-                                   tokenizer_path=config.data.get("tokenizer_path", ""), config=config)
+    jax_export.export_text_encoder(
+      *args,
+      max_len=max_len,
+      out_dir=out,
+      tokenizer=config.data.get("tokenizer", "bytes"),
+      tokenizer_path=config.data.get("tokenizer_path", ""),
+      config=config,
+    )
   print(f"exported the {' and '.join(towers)} tower(s) (jax.export) to {out}")
   if config.export.get("saved_model", True):
     try:
@@ -95,12 +126,17 @@ def _export(config, workdir: str, trained=None) -> str:
       logging.warning("TensorFlow is not installed: skipping the SavedModel export.")
     else:
       from export import saved_model
+
       if "image" in towers:
-        print(f"exported the image encoder (TF SavedModel) to "
-              f"{saved_model.export_image_encoder_saved_model(*args, image_shape=(size, size, 3), out_dir=out)}")
+        print(
+          f"exported the image encoder (TF SavedModel) to "
+          f"{saved_model.export_image_encoder_saved_model(*args, image_shape=(size, size, 3), out_dir=out)}"
+        )
       if "text" in towers:
-        print(f"exported the text encoder (TF SavedModel) to "
-              f"{saved_model.export_text_encoder_saved_model(*args, max_len=max_len, out_dir=out)}")
+        print(
+          f"exported the text encoder (TF SavedModel) to "
+          f"{saved_model.export_text_encoder_saved_model(*args, max_len=max_len, out_dir=out)}"
+        )
   return out
 
 
@@ -111,9 +147,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
   except (AttributeError, KeyError) as e:
-    overrides = [a.split("=")[0][len("--config."):] for a in argv if a.startswith("--config.")]
-    sys.exit(f"error: unknown config key ({e}) among the overrides {overrides}: every --config.<key> must name a field "
-             "that the config file defines.")
+    overrides = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
+    sys.exit(
+      f"error: unknown config key ({e}) among the overrides {overrides}: every --config.<key> must name a field "
+      "that the config file defines."
+    )
 
 
 def run():

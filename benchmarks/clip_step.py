@@ -10,6 +10,7 @@ and tokens. The step is the trainer's (`train.trainer.make_train_step`) on the C
 
 Environment: BATCH (128), STEPS (5 timed steps after one warm-up), THREADS, DEVICES, MALLOC as in simclr_step.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,57 +23,80 @@ from benchmarks.simclr_step import configure_host, env_int, peak_rss_mb, time_tr
 
 
 def clip_config(batch: int, *, tiny: bool = False):
-    """The benchmark's CLIP config: the shapes recipe with the peer's towers, loss and optimizer (`tiny`: smoke test)."""
-    from configs import clip_shapes
-    c = clip_shapes.get_config()
-    width, depth, heads, image_size = (16, 1, 2, 16) if tiny else (256, 6, 4, 64)
-    c.batch_size = batch
-    c.data.image_size = image_size
-    c.model.image = dict(name="vit", patch_size=8, width=width, depth=depth, num_heads=heads, pool="cls")
-    c.model.text = dict(name="text_transformer", vocab_size=1000, context_length=32, width=width, depth=depth,
-                        num_heads=heads, causal=True)
-    c.model.embed_dim = width
-    c.optimizer = dict(name="adamw", base_lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0,
-                       schedule="constant", batch_size=batch)
-    return c
+  """The benchmark's CLIP config: the shapes recipe with the peer's towers, loss and optimizer (`tiny`: smoke test)."""
+  from configs import clip_shapes
+
+  c = clip_shapes.get_config()
+  width, depth, heads, image_size = (16, 1, 2, 16) if tiny else (256, 6, 4, 64)
+  c.batch_size = batch
+  c.data.image_size = image_size
+  c.model.image = dict(name="vit", patch_size=8, width=width, depth=depth, num_heads=heads, pool="cls")
+  c.model.text = dict(
+    name="text_transformer", vocab_size=1000, context_length=32, width=width, depth=depth, num_heads=heads, causal=True
+  )
+  c.model.embed_dim = width
+  c.optimizer = dict(
+    name="adamw",
+    base_lr=1e-4,
+    b1=0.9,
+    b2=0.999,
+    weight_decay=0.1,
+    warmup_steps=0,
+    schedule="constant",
+    batch_size=batch,
+  )
+  return c
 
 
 def build_step(config):
-    """(step, state, batch): the trainer's jitted step on the CLIP method and a batch of random images and tokens."""
-    import jax
-    import numpy as np
+  """(step, state, batch): the trainer's jitted step on the CLIP method and a batch of random images and tokens."""
+  import jax
+  import numpy as np
 
-    import methods
-    from train import mesh as mesh_lib
-    from train import optim
-    from train import trainer
+  import methods
+  from parallel import mesh as mesh_lib
+  from train import optim
+  from train import trainer
 
-    rng = np.random.default_rng(0)
-    size, batch = config.data.image_size, config.batch_size
-    data = {"image": rng.standard_normal((batch, size, size, 3), dtype=np.float32),
-            "caption": rng.integers(0, config.model.text.vocab_size, (batch, config.model.text.context_length),
-                                    dtype=np.int32)}
-    mesh = mesh_lib.build_mesh(config.mesh)
-    mesh_lib.check_batch_size(batch, mesh)
-    method = methods.get("clip")(config, mesh)
-    tx, lr = optim.make_optimizer(config.optimizer, total_steps=1000)
-    state, shardings = trainer.create_train_state(config, method, tx, mesh, data)
-    step = trainer.make_train_step(method, tx, shardings, lr)
-    return step, state, jax.device_put(data, mesh_lib.batch_sharding(mesh))
+  rng = np.random.default_rng(0)
+  size, batch = config.data.image_size, config.batch_size
+  data = {
+    "image": rng.standard_normal((batch, size, size, 3), dtype=np.float32),
+    "caption": rng.integers(0, config.model.text.vocab_size, (batch, config.model.text.context_length), dtype=np.int32),
+  }
+  mesh = mesh_lib.build_mesh(config.mesh)
+  mesh_lib.check_batch_size(batch, mesh)
+  method = methods.get("clip")(config, mesh)
+  tx, lr = optim.make_optimizer(config.optimizer, total_steps=1000)
+  state, shardings = trainer.create_train_state(config, method, tx, mesh, data)
+  step = trainer.make_train_step(method, tx, shardings, lr)
+  return step, state, jax.device_put(data, mesh_lib.batch_sharding(mesh))
 
 
 def main() -> None:
-    batch, steps = env_int("BATCH", 128), env_int("STEPS", 5)
-    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
-    import jax
+  batch, steps = env_int("BATCH", 128), env_int("STEPS", 5)
+  host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
+  import jax
 
-    step, state, data = build_step(clip_config(batch))
-    times, params = time_train_steps(step, state, data, steps)
-    best = min(times)
-    print(json.dumps(dict(workload="clip_tiny", framework=f"jax {jax.__version__}", batch=batch, step_s=best,
-                          pairs_per_s=batch / best, step_s_all=[round(t, 3) for t in times], params=params,
-                          peak_rss_mb=peak_rss_mb(), **host)))
+  step, state, data = build_step(clip_config(batch))
+  times, params = time_train_steps(step, state, data, steps)
+  best = min(times)
+  print(
+    json.dumps(
+      dict(
+        workload="clip_tiny",
+        framework=f"jax {jax.__version__}",
+        batch=batch,
+        step_s=best,
+        pairs_per_s=batch / best,
+        step_s_all=[round(t, 3) for t in times],
+        params=params,
+        peak_rss_mb=peak_rss_mb(),
+        **host,
+      )
+    )
+  )
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -9,6 +9,7 @@ Figures (images per second; each image yields `views` SimCLR views):
 - jax_augment: `augment_jax.multi_view` under jit on the default device, input already on device;
 - pipeline_jax: `input_pipeline.build` iterator (sharded global batches, prefetch) + jitted on-device views.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,62 +28,71 @@ from input_pipeline import augment_jax, shapes, sources  # noqa: E402
 
 
 def rate(fn, steps: int, images_per_step: int) -> float:
-    fn()  # warm-up: compilation, tracing, caches
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return images_per_step * steps / (time.perf_counter() - start)
+  fn()  # warm-up: compilation, tracing, caches
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return images_per_step * steps / (time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--views", type=int, default=2)
-    args = parser.parse_args()
-    b, steps, v = args.batch_size, args.steps, args.views
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--views", type=int, default=2)
+  args = parser.parse_args()
+  b, steps, v = args.batch_size, args.steps, args.views
 
-    config = input_pipeline.default_data_config()
-    if os.path.exists(sources.DEFAULT_CIFAR10_NPZ):
-        config.name = "cifar10_npz"
-    else:
-        config.train_size, config.test_size = 10_000, 10_000
-    start = time.perf_counter()
-    images = input_pipeline.load_split(config, "test")["image"]
-    load_s = time.perf_counter() - start
-    out = {"benchmark": "input_pipeline", "data": config.name, "image_shape": list(images.shape[1:]),
-           "batch_size": b, "views": v, "device": jax.devices()[0].device_kind, "host_cpus": os.cpu_count(),
-           "load_test_split_s": round(load_s, 2)}
+  config = input_pipeline.default_data_config()
+  if os.path.exists(sources.DEFAULT_CIFAR10_NPZ):
+    config.name = "cifar10_npz"
+  else:
+    config.train_size, config.test_size = 10_000, 10_000
+  start = time.perf_counter()
+  images = input_pipeline.load_split(config, "test")["image"]
+  load_s = time.perf_counter() - start
+  out = {
+    "benchmark": "input_pipeline",
+    "data": config.name,
+    "image_shape": list(images.shape[1:]),
+    "batch_size": b,
+    "views": v,
+    "device": jax.devices()[0].device_kind,
+    "host_cpus": os.cpu_count(),
+    "load_test_split_s": round(load_s, 2),
+  }
 
-    start = time.perf_counter()
-    shapes.render(0, "train", np.arange(2000))
-    out["shapes_generate_images_per_s"] = round(2000 / (time.perf_counter() - start), 1)
+  start = time.perf_counter()
+  shapes.render(0, "train", np.arange(2000))
+  out["shapes_generate_images_per_s"] = round(2000 / (time.perf_counter() - start), 1)
 
-    try:
-        from input_pipeline import augment_tf
-        tf_batches = iter(augment_tf.views_dataset(images, seed=0, num_views=v, batch_size=b))
-        out["tf_data_images_per_s"] = round(rate(lambda: next(tf_batches), steps, b), 1)
-    except ImportError as e:
-        out["tf_data_images_per_s"] = None
-        out["tf_data_skipped"] = f"TensorFlow not available: {e}"
+  try:
+    from input_pipeline import augment_tf
 
-    augment = jax.jit(lambda key, x: augment_jax.multi_view(key, x, v))
-    on_device = jax.device_put(images[:b])
-    keys = iter(jax.random.split(jax.random.key(0), steps + 1))
-    out["jax_augment_images_per_s"] = round(
-        rate(lambda: augment(next(keys), on_device).block_until_ready(), steps, b), 1)
+    tf_batches = iter(augment_tf.views_dataset(images, seed=0, num_views=v, batch_size=b))
+    out["tf_data_images_per_s"] = round(rate(lambda: next(tf_batches), steps, b), 1)
+  except ImportError as e:
+    out["tf_data_images_per_s"] = None
+    out["tf_data_skipped"] = f"TensorFlow not available: {e}"
 
-    config.tokenizer = ""
-    n = jax.device_count()
-    mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    it = input_pipeline.build(config, split="test", global_batch_size=b - b % n, seed=0,
-                              sharding=jax.sharding.NamedSharding(mesh, jax.P("data")))
-    keys = iter(jax.random.split(jax.random.key(1), steps + 1))
-    out["pipeline_jax_images_per_s"] = round(
-        rate(lambda: augment(next(keys), next(it)["image"]).block_until_ready(), steps, b - b % n), 1)
-    it.close()
-    print(json.dumps(out))
+  augment = jax.jit(lambda key, x: augment_jax.multi_view(key, x, v))
+  on_device = jax.device_put(images[:b])
+  keys = iter(jax.random.split(jax.random.key(0), steps + 1))
+  out["jax_augment_images_per_s"] = round(rate(lambda: augment(next(keys), on_device).block_until_ready(), steps, b), 1)
+
+  config.tokenizer = ""
+  n = jax.device_count()
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  it = input_pipeline.build(
+    config, split="test", global_batch_size=b - b % n, seed=0, sharding=jax.sharding.NamedSharding(mesh, jax.P("data"))
+  )
+  keys = iter(jax.random.split(jax.random.key(1), steps + 1))
+  out["pipeline_jax_images_per_s"] = round(
+    rate(lambda: augment(next(keys), next(it)["image"]).block_until_ready(), steps, b - b % n), 1
+  )
+  it.close()
+  print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -8,6 +8,7 @@ step. A last line per loss compares chunked / ring to dense at the largest batch
 
   python benchmarks/loss_memory.py [--batches 4096,16384,65536] [--time_up_to 4096]
 """
+
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -49,14 +50,21 @@ def measure(loss, mode, global_batch, dim, chunk_size, mesh, timed, repeats):
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   row = {
-      "loss": loss, "mode": mode, "global_batch": global_batch, "devices": mesh.size, "dim": dim,
-      "chunk_size": None if mode == "dense" else chunk_size,
-      "temp_mib": round(mem.temp_size_in_bytes / MIB, 2),
-      "argument_mib": round(mem.argument_size_in_bytes / MIB, 2),
-      "output_mib": round(mem.output_size_in_bytes / MIB, 2),
-      "peak_mib": round((mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-                         - mem.alias_size_in_bytes) / MIB, 2),
-      "compile_s": round(compile_s, 2), "step_s": None,
+    "loss": loss,
+    "mode": mode,
+    "global_batch": global_batch,
+    "devices": mesh.size,
+    "dim": dim,
+    "chunk_size": None if mode == "dense" else chunk_size,
+    "temp_mib": round(mem.temp_size_in_bytes / MIB, 2),
+    "argument_mib": round(mem.argument_size_in_bytes / MIB, 2),
+    "output_mib": round(mem.output_size_in_bytes / MIB, 2),
+    "peak_mib": round(
+      (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes) / MIB,
+      2,
+    ),
+    "compile_s": round(compile_s, 2),
+    "step_s": None,
   }
   if timed:
     k1, k2 = jax.random.split(jax.random.key(0))
@@ -88,16 +96,31 @@ def main():
     largest = {}
     for global_batch in batches:
       for mode in ("dense", "chunked", "ring"):
-        row = measure(loss, mode, global_batch, args.dim, args.chunk_size, mesh,
-                      timed=global_batch <= args.time_up_to, repeats=args.repeats)
+        row = measure(
+          loss,
+          mode,
+          global_batch,
+          args.dim,
+          args.chunk_size,
+          mesh,
+          timed=global_batch <= args.time_up_to,
+          repeats=args.repeats,
+        )
         print(json.dumps(row), flush=True)
         if global_batch == max(batches):
           largest[mode] = row["temp_mib"]
-    print(json.dumps({
-        "loss": loss, "summary": "temp memory per device relative to dense", "global_batch": max(batches),
-        "chunked_over_dense": round(largest["chunked"] / largest["dense"], 4),
-        "ring_over_dense": round(largest["ring"] / largest["dense"], 4),
-    }), flush=True)
+    print(
+      json.dumps(
+        {
+          "loss": loss,
+          "summary": "temp memory per device relative to dense",
+          "global_batch": max(batches),
+          "chunked_over_dense": round(largest["chunked"] / largest["dense"], 4),
+          "ring_over_dense": round(largest["ring"] / largest["dense"], 4),
+        }
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

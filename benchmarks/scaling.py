@@ -11,6 +11,7 @@ Per variant: state_bytes (parameters + AdamW moments held by one device, from th
 memory analysis of the step (argument / output / temp bytes per device, total = argument + output - aliased +
 temp), FLOPs per device, and the median wall time of `--steps` steps after one warm-up step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ def _parse() -> argparse.Namespace:
 
 ARGS = _parse()
 if ARGS.devices:  # before jax is imported
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+  ).strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,17 +48,17 @@ import ml_collections  # noqa: E402
 import input_pipeline  # noqa: E402
 import methods  # noqa: E402
 from configs import simclr_shapes  # noqa: E402
-from train import mesh as mesh_lib  # noqa: E402
+from parallel import mesh as mesh_lib  # noqa: E402
 from train import optim  # noqa: E402
-from train import partition  # noqa: E402
+from parallel import partition  # noqa: E402
 from train import perf  # noqa: E402
 from train import trainer  # noqa: E402
 
 VARIANTS = {
-    "data": dict(mesh=dict(data=-1, fsdp=1)),
-    "fsdp": dict(mesh=dict(data=1, fsdp=-1)),
-    "fsdp_remat": dict(mesh=dict(data=1, fsdp=-1), remat=True),
-    "fsdp_accum4": dict(mesh=dict(data=1, fsdp=-1), grad_accum_steps=4),
+  "data": dict(mesh=dict(data=-1, fsdp=1)),
+  "fsdp": dict(mesh=dict(data=1, fsdp=-1)),
+  "fsdp_remat": dict(mesh=dict(data=1, fsdp=-1), remat=True),
+  "fsdp_accum4": dict(mesh=dict(data=1, fsdp=-1), grad_accum_steps=4),
 }
 
 
@@ -65,9 +67,16 @@ def variant_config(name: str) -> ml_collections.ConfigDict:
   variant = VARIANTS[name]
   c = simclr_shapes.get_config()
   c.batch_size = ARGS.batch_size
-  c.model = ml_collections.ConfigDict(dict(name="vit", patch_size=ARGS.patch_size, width=ARGS.width,
-                                           depth=ARGS.depth, num_heads=max(1, ARGS.width // 64),
-                                           remat=variant.get("remat", False)))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name="vit",
+      patch_size=ARGS.patch_size,
+      width=ARGS.width,
+      depth=ARGS.depth,
+      num_heads=max(1, ARGS.width // 64),
+      remat=variant.get("remat", False),
+    )
+  )
   c.head = ml_collections.ConfigDict(dict(hidden_dim=ARGS.width * 4, out_dim=128, num_layers=2, use_bn=False))
   c.optimizer.name = "adamw"
   c.mesh = ml_collections.ConfigDict(variant["mesh"])
@@ -79,8 +88,15 @@ def measure(name: str) -> dict:
   config = variant_config(name)
   mesh = mesh_lib.build_mesh(config.mesh)
   mesh_lib.check_batch_size(config.batch_size, mesh, config.grad_accum_steps)
-  batch = next(input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                                    sharding=mesh_lib.batch_sharding(mesh), seed=config.seed))
+  batch = next(
+    input_pipeline.build(
+      config.data,
+      split="train",
+      global_batch_size=config.batch_size,
+      sharding=mesh_lib.batch_sharding(mesh),
+      seed=config.seed,
+    )
+  )
   method = methods.get(config.method)(config, mesh)
   tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
   shapes, shardings = trainer.abstract_train_state(config, method, tx, mesh, batch)
@@ -100,22 +116,30 @@ def measure(name: str) -> dict:
   stats = perf.compiled_stats(compiled)
   mib = lambda b: round(b / 2**20, 2)
   return {
-      "mesh": dict(mesh.shape),
-      "params": int(sum(x.size for x in jax.tree.leaves(shapes.params))),
-      "state_mib_per_device": mib(partition.bytes_per_device(shapes, shardings)),
-      "params_mib_per_device": mib(partition.bytes_per_device(shapes.params, shardings.params)),
-      **{f"compiled_{k.replace('_bytes', '_mib')}": mib(v) for k, v in stats.items() if k.endswith("_bytes")},
-      "gflops_per_device": round(stats.get("flops_per_device", 0.0) / 1e9, 2),
-      "compile_s": round(compile_s, 1),
-      "step_time_s": round(statistics.median(times), 3),
-      "loss": round(float(jax.device_get(metrics["loss"])), 4),
+    "mesh": dict(mesh.shape),
+    "params": int(sum(x.size for x in jax.tree.leaves(shapes.params))),
+    "state_mib_per_device": mib(partition.bytes_per_device(shapes, shardings)),
+    "params_mib_per_device": mib(partition.bytes_per_device(shapes.params, shardings.params)),
+    **{f"compiled_{k.replace('_bytes', '_mib')}": mib(v) for k, v in stats.items() if k.endswith("_bytes")},
+    "gflops_per_device": round(stats.get("flops_per_device", 0.0) / 1e9, 2),
+    "compile_s": round(compile_s, 1),
+    "step_time_s": round(statistics.median(times), 3),
+    "loss": round(float(jax.device_get(metrics["loss"])), 4),
   }
 
 
 def main() -> None:
-  out = {"benchmark": "scaling", "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-         "host_cpus": os.cpu_count(), "model": f"vit width={ARGS.width} depth={ARGS.depth} patch={ARGS.patch_size}",
-         "image_size": 32, "batch_size": ARGS.batch_size, "optimizer": "adamw", "results": {}}
+  out = {
+    "benchmark": "scaling",
+    "devices": jax.device_count(),
+    "device_kind": jax.devices()[0].device_kind,
+    "host_cpus": os.cpu_count(),
+    "model": f"vit width={ARGS.width} depth={ARGS.depth} patch={ARGS.patch_size}",
+    "image_size": 32,
+    "batch_size": ARGS.batch_size,
+    "optimizer": "adamw",
+    "results": {},
+  }
   for name in ARGS.variants.split(","):
     out["results"][name] = measure(name)
   print(json.dumps(out))

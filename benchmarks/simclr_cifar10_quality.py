@@ -13,6 +13,7 @@ images, scored on the KNN_TEST (default all 10,000) first test images.
 Environment: BUDGET_S (900), BATCH (256), CONV ("blocked"), THREADS, MALLOC, DATA (the npz, default
 ../shared/data/cifar10.npz; absent -> prints a JSON line saying it skipped, exit 0).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,92 +25,120 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.simclr_step import configure_host, env_int, simclr_config  # noqa: E402
 
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                            "cifar10.npz")
+DEFAULT_DATA = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "cifar10.npz"
+)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
 
 def quality_config(batch: int, data_path: str, *, conv: str = "blocked", tiny: bool = False):
-    """The speed benchmark's SimCLR config plus the peer's CIFAR-10 data, normalisation and augmentations."""
-    c = simclr_config(batch, conv=conv, tiny=tiny)
-    c.data.update(dict(name="cifar10_npz", path=data_path, image_size=32, num_classes=10, mean=CIFAR_MEAN,
-                       std=CIFAR_STD))
-    c.augment = dict(crop_scale=(0.08, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2)
-    c.optimizer.base_lr = 0.06 * batch / 256
-    return c
+  """The speed benchmark's SimCLR config plus the peer's CIFAR-10 data, normalisation and augmentations."""
+  c = simclr_config(batch, conv=conv, tiny=tiny)
+  c.data.update(dict(name="cifar10_npz", path=data_path, image_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+  c.augment = dict(crop_scale=(0.08, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2)
+  c.optimizer.base_lr = 0.06 * batch / 256
+  return c
 
 
 def train_for(config, images, budget_s: float, *, seed: int = 0):
-    """Trains SimCLR on uint8 `images` [N, 32, 32, 3] until `budget_s` seconds have passed (compilation included).
+  """Trains SimCLR on uint8 `images` [N, 32, 32, 3] until `budget_s` seconds have passed (compilation included).
 
-    Returns (method, state, stats): stats has steps, epochs, train_s, compile_s and final_loss.
-    """
-    import jax
-    import numpy as np
+  Returns (method, state, stats): stats has steps, epochs, train_s, compile_s and final_loss.
+  """
+  import jax
+  import numpy as np
 
-    import methods
-    from train import mesh as mesh_lib
-    from train import optim
-    from train import trainer
+  import methods
+  from parallel import mesh as mesh_lib
+  from train import optim
+  from train import trainer
 
-    start = time.perf_counter()
-    mesh = mesh_lib.build_mesh(config.mesh)
-    sharding = mesh_lib.batch_sharding(mesh)
-    rng = np.random.default_rng(seed)
-    draw = lambda: jax.device_put({"image": images[rng.integers(0, len(images), config.batch_size)]}, sharding)
-    method = methods.get("simclr")(config, mesh)
-    tx, lr = optim.make_optimizer(config.optimizer, total_steps=1_000_000)
-    batch = draw()
-    state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
-    step = trainer.make_train_step(method, tx, shardings, lr).lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    steps, metrics = 0, None
-    while time.perf_counter() - start < budget_s:
-        state, metrics = step(state, batch)
-        batch = draw()  # the next batch is drawn while the step runs
-        steps += 1
-        jax.block_until_ready(metrics["loss"])
-    return method, state, dict(steps=steps, epochs=steps * config.batch_size / len(images),
-                               train_s=time.perf_counter() - start, compile_s=compile_s,
-                               final_loss=float(metrics["loss"]) if metrics is not None else None)
+  start = time.perf_counter()
+  mesh = mesh_lib.build_mesh(config.mesh)
+  sharding = mesh_lib.batch_sharding(mesh)
+  rng = np.random.default_rng(seed)
+  draw = lambda: jax.device_put({"image": images[rng.integers(0, len(images), config.batch_size)]}, sharding)
+  method = methods.get("simclr")(config, mesh)
+  tx, lr = optim.make_optimizer(config.optimizer, total_steps=1_000_000)
+  batch = draw()
+  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
+  step = trainer.make_train_step(method, tx, shardings, lr).lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  steps, metrics = 0, None
+  while time.perf_counter() - start < budget_s:
+    state, metrics = step(state, batch)
+    batch = draw()  # the next batch is drawn while the step runs
+    steps += 1
+    jax.block_until_ready(metrics["loss"])
+  return (
+    method,
+    state,
+    dict(
+      steps=steps,
+      epochs=steps * config.batch_size / len(images),
+      train_s=time.perf_counter() - start,
+      compile_s=compile_s,
+      final_loss=float(metrics["loss"]) if metrics is not None else None,
+    ),
+  )
 
 
 def knn_top1(method, state, train, test, *, batch_size: int = 500) -> float:
-    """Weighted kNN top-1 (k=200, t=0.1) of the backbone features: `train`/`test` are (images uint8, labels)."""
-    import jax
+  """Weighted kNN top-1 (k=200, t=0.1) of the backbone features: `train`/`test` are (images uint8, labels)."""
+  import jax
 
-    import evaluators
+  import evaluators
 
-    embed = jax.jit(method.embed_fn)
-    features = lambda x: evaluators.embed_arrays(lambda b: embed(state.params, state.model_state, b), {"image": x},
-                                                 batch_size=batch_size)
-    return evaluators.knn_accuracy(features(train[0]), train[1], features(test[0]), test[1], num_classes=10, k=200,
-                                   temperature=0.1)
+  embed = jax.jit(method.embed_fn)
+  features = lambda x: evaluators.embed_arrays(
+    lambda b: embed(state.params, state.model_state, b), {"image": x}, batch_size=batch_size
+  )
+  return evaluators.knn_accuracy(
+    features(train[0]), train[1], features(test[0]), test[1], num_classes=10, k=200, temperature=0.1
+  )
 
 
 def main() -> None:
-    budget, batch = float(os.environ.get("BUDGET_S", 900)), env_int("BATCH", 256)
-    data_path = os.environ.get("DATA", DEFAULT_DATA)
-    if not os.path.exists(data_path):
-        print(json.dumps(dict(workload="simclr_cifar10_quality", skipped=f"no CIFAR-10 npz at {data_path}")))
-        return
-    host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
-    import jax
+  budget, batch = float(os.environ.get("BUDGET_S", 900)), env_int("BATCH", 256)
+  data_path = os.environ.get("DATA", DEFAULT_DATA)
+  if not os.path.exists(data_path):
+    print(json.dumps(dict(workload="simclr_cifar10_quality", skipped=f"no CIFAR-10 npz at {data_path}")))
+    return
+  host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
+  import jax
 
-    import input_pipeline
+  import input_pipeline
 
-    conv = os.environ.get("CONV", "blocked")
-    config = quality_config(batch, data_path, conv=conv)
-    train, test = (input_pipeline.load_split(config.data, split) for split in ("train", "test"))
-    method, state, stats = train_for(config, train["image"], budget)
-    eval_start = time.perf_counter()
-    n_train, n_test = env_int("KNN_TRAIN", len(train["image"])), env_int("KNN_TEST", len(test["image"]))
-    top1 = knn_top1(method, state, (train["image"][:n_train], train["label"][:n_train]),
-                    (test["image"][:n_test], test["label"][:n_test]))
-    print(json.dumps(dict(workload="simclr_cifar10_quality", framework=f"jax {jax.__version__}", budget_s=budget,
-                          batch=batch, conv=conv, knn_top1=top1, knn_train=n_train, knn_test=n_test,
-                          eval_s=time.perf_counter() - eval_start, **stats, **host)))
+  conv = os.environ.get("CONV", "blocked")
+  config = quality_config(batch, data_path, conv=conv)
+  train, test = (input_pipeline.load_split(config.data, split) for split in ("train", "test"))
+  method, state, stats = train_for(config, train["image"], budget)
+  eval_start = time.perf_counter()
+  n_train, n_test = env_int("KNN_TRAIN", len(train["image"])), env_int("KNN_TEST", len(test["image"]))
+  top1 = knn_top1(
+    method,
+    state,
+    (train["image"][:n_train], train["label"][:n_train]),
+    (test["image"][:n_test], test["label"][:n_test]),
+  )
+  print(
+    json.dumps(
+      dict(
+        workload="simclr_cifar10_quality",
+        framework=f"jax {jax.__version__}",
+        budget_s=budget,
+        batch=batch,
+        conv=conv,
+        knn_top1=top1,
+        knn_train=n_train,
+        knn_test=n_test,
+        eval_s=time.perf_counter() - eval_start,
+        **stats,
+        **host,
+      )
+    )
+  )
 
 
 if __name__ == "__main__":
-    main()
+  main()

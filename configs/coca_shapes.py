@@ -8,6 +8,7 @@ zero-shot, retrieval R@1/R@5 and greedy-decoded captions (exact match, class nam
 
 Arguments (comma separated): tiny, jsonl (image-text pairs, --config.data.path=pairs/{split}.jsonl).
 """
+
 import ml_collections
 
 from configs import common
@@ -18,21 +19,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base("coca", batch_size=256, total_steps=1000)
   c.data = common.shapes_data(max_text_len=64)
 
-  c.model = ml_collections.ConfigDict(dict(
+  c.model = ml_collections.ConfigDict(
+    dict(
       image=common.vit(),
       text=common.text_transformer(64, causal=True),
       decoder=dict(vocab_size=259, context_length=64, width=64, depth=2, num_heads=4),
-      embed_dim=64, logit_scale_init=2.6593, max_logit_scale=100.0, num_classes=0))
+      embed_dim=64,
+      logit_scale_init=2.6593,
+      max_logit_scale=100.0,
+      num_classes=0,
+    )
+  )
   # CoCa weighs captioning 2 : contrastive 1 (Yu et al. 2022).
-  c.loss = ml_collections.ConfigDict(dict(terms=dict(
-      clip=dict(name="clip_softmax_loss", weight=1.0, inputs=("image_emb", "text_emb", "logit_scale"),
-                kwargs=dict(mode="dense")),
-      caption=dict(name="token_cross_entropy", weight=2.0, inputs=("caption_logits", "caption_targets",
-                                                                   "caption_mask"), kwargs=dict(label_smoothing=0.0)),
-  )))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.05, warmup_steps=50, schedule="cosine",
-      grad_clip_norm=1.0))
+  c.loss = ml_collections.ConfigDict(
+    dict(
+      terms=dict(
+        clip=dict(
+          name="clip_softmax_loss",
+          weight=1.0,
+          inputs=("image_emb", "text_emb", "logit_scale"),
+          kwargs=dict(mode="dense"),
+        ),
+        caption=dict(
+          name="token_cross_entropy",
+          weight=2.0,
+          inputs=("caption_logits", "caption_targets", "caption_mask"),
+          kwargs=dict(label_smoothing=0.0),
+        ),
+      )
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=1e-3,
+      b1=0.9,
+      b2=0.98,
+      weight_decay=0.05,
+      warmup_steps=50,
+      schedule="cosine",
+      grad_clip_norm=1.0,
+    )
+  )
 
   c.eval = common.image_text_eval(caption_examples=256)
   c.export = ml_collections.ConfigDict(dict(enabled=True))  # the image encoder's pooled features

@@ -1,4 +1,5 @@
 """Blocks the recipes in configs/ share; each recipe file keeps the values specific to its method in view."""
+
 from collections.abc import Sequence
 
 import ml_collections
@@ -11,13 +12,21 @@ def parse_arg(arg: str | None, allowed: Sequence[str]) -> set[str]:
   args = set((arg or "").split(",")) - {""}
   unknown = args - set(allowed)
   if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; "
-                     f"use a comma-separated subset of {', '.join(allowed)}.")
+    raise ValueError(
+      f"Unknown config arguments {sorted(unknown)}; use a comma-separated subset of {', '.join(allowed)}."
+    )
   return args
 
 
-def base(method: str, *, batch_size: int, total_steps: int, log_every: int = 50, checkpoint_every: int = 500,
-         keep_checkpoints: int = 2) -> ml_collections.ConfigDict:
+def base(
+  method: str,
+  *,
+  batch_size: int,
+  total_steps: int,
+  log_every: int = 50,
+  checkpoint_every: int = 500,
+  keep_checkpoints: int = 2,
+) -> ml_collections.ConfigDict:
   """Trainer keys of every recipe: method, seed, global batch, steps, NaN/Inf policy, mesh, log/checkpoint cadence."""
   c = ml_collections.ConfigDict()
   c.method = method
@@ -34,9 +43,17 @@ def base(method: str, *, batch_size: int, total_steps: int, log_every: int = 50,
 
 def shapes_data(*, max_text_len: int = 0, normalize: bool = True, **extra) -> ml_collections.ConfigDict:
   """The embedded "shapes" data; byte-tokenized captions if max_text_len > 0, image mean / std if normalize."""
-  data = ml_collections.ConfigDict(dict(
-      name="shapes", image_size=32, num_classes=10, train_size=20000, test_size=2000, seed=0,
-      tokenizer="bytes" if max_text_len else ""))
+  data = ml_collections.ConfigDict(
+    dict(
+      name="shapes",
+      image_size=32,
+      num_classes=10,
+      train_size=20000,
+      test_size=2000,
+      seed=0,
+      tokenizer="bytes" if max_text_len else "",
+    )
+  )
   if max_text_len:
     data.max_text_len = max_text_len
     data.caption_word_dropout = 0.0  # language augmentation of training captions (input_pipeline)
@@ -69,8 +86,16 @@ def vit(width: int = 64, depth: int = 2, num_heads: int = 4) -> dict:
 
 def text_transformer(context_length: int, *, causal: bool, **extra) -> dict:
   """A 2-layer, 64-wide text transformer over byte tokens (vocab 256 + 3 special); causal = EOT pooling, as CLIP."""
-  return dict(name="text_transformer", vocab_size=259, context_length=context_length, width=64, depth=2, num_heads=4,
-              causal=causal, **extra)
+  return dict(
+    name="text_transformer",
+    vocab_size=259,
+    context_length=context_length,
+    width=64,
+    depth=2,
+    num_heads=4,
+    causal=causal,
+    **extra,
+  )
 
 
 def tiny_text() -> dict:
@@ -89,8 +114,9 @@ def probe_eval(*, by_trainer: bool = True, **extra) -> ml_collections.ConfigDict
 
 def image_text_eval(**extra) -> ml_collections.ConfigDict:
   """Zero-shot classification and retrieval on the whole test split, with the data's class names and templates."""
-  return ml_collections.ConfigDict(dict(batch_size=512, test_examples=0, class_names=(), templates=(), every_steps=0,
-                                        **extra))
+  return ml_collections.ConfigDict(
+    dict(batch_size=512, test_examples=0, class_names=(), templates=(), every_steps=0, **extra)
+  )
 
 
 def tiny(c: ml_collections.ConfigDict, *, adamw: bool = False) -> None:

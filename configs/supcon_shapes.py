@@ -6,6 +6,7 @@
 
 Arguments (comma separated): tiny, cifar10.
 """
+
 import ml_collections
 
 from configs import common
@@ -19,11 +20,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(common.resnet())
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
   c.loss = ml_collections.ConfigDict(dict(name="supcon", temperature=0.1))
-  c.augment = ml_collections.ConfigDict(dict(
-      crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="lars", base_lr=1.0, scale_by_batch=True, batch_size=c.get_ref("batch_size"), weight_decay=1e-6,
-      momentum=0.9, warmup_steps=50, schedule="cosine", grad_clip_norm=0.0))
+  c.augment = ml_collections.ConfigDict(
+    dict(crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2)
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="lars",
+      base_lr=1.0,
+      scale_by_batch=True,
+      batch_size=c.get_ref("batch_size"),
+      weight_decay=1e-6,
+      momentum=0.9,
+      warmup_steps=50,
+      schedule="cosine",
+      grad_clip_norm=0.0,
+    )
+  )
 
   c.eval = common.probe_eval()
   c.export = ml_collections.ConfigDict(dict(enabled=True))

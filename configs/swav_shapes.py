@@ -7,6 +7,7 @@
 
 Arguments (comma separated): tiny, queue, cifar10.
 """
+
 import ml_collections
 
 from configs import common
@@ -19,16 +20,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(common.resnet())
   c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
-  c.swav = ml_collections.ConfigDict(dict(
-      num_prototypes=100, num_small_crops=4, small_size=16, large_scale=(0.3, 1.0), small_scale=(0.1, 0.3),
-      freeze_prototypes_steps=50, queue_size=0, queue_start_step=100))
-  c.loss = ml_collections.ConfigDict(dict(name="swav", temperature=0.1, sinkhorn_iterations=3,
-                                          sinkhorn_epsilon=0.05))
+  c.swav = ml_collections.ConfigDict(
+    dict(
+      num_prototypes=100,
+      num_small_crops=4,
+      small_size=16,
+      large_scale=(0.3, 1.0),
+      small_scale=(0.1, 0.3),
+      freeze_prototypes_steps=50,
+      queue_size=0,
+      queue_start_step=100,
+    )
+  )
+  c.loss = ml_collections.ConfigDict(dict(name="swav", temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05))
   # Colour part of the augmentation; crop scales and sizes are in c.swav.
   c.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="lars", base_lr=0.6, scale_by_batch=True, batch_size=c.get_ref("batch_size"), weight_decay=1e-6,
-      momentum=0.9, warmup_steps=50, schedule="cosine", grad_clip_norm=0.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="lars",
+      base_lr=0.6,
+      scale_by_batch=True,
+      batch_size=c.get_ref("batch_size"),
+      weight_decay=1e-6,
+      momentum=0.9,
+      warmup_steps=50,
+      schedule="cosine",
+      grad_clip_norm=0.0,
+    )
+  )
 
   c.eval = common.probe_eval()
   c.export = ml_collections.ConfigDict(dict(enabled=True))
@@ -44,6 +63,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.tiny(c, adamw=True)
     c.model.update(common.resnet((1,), width=8))
     c.head.update(dict(hidden_dim=16, out_dim=16))
-    c.swav.update(dict(num_prototypes=8, num_small_crops=1, small_size=8, freeze_prototypes_steps=2,
-                       queue_start_step=4, queue_size=32 if "queue" in args else 0))
+    c.swav.update(
+      dict(
+        num_prototypes=8,
+        num_small_crops=1,
+        small_size=8,
+        freeze_prototypes_steps=2,
+        queue_start_step=4,
+        queue_size=32 if "queue" in args else 0,
+      )
+    )
   return c

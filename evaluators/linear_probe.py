@@ -1,4 +1,5 @@
 """Linear probe: multinomial logistic regression on frozen, standardised embeddings."""
+
 import functools
 
 import jax
@@ -8,78 +9,101 @@ import optax
 
 
 def _loss(params, x, y, weight_decay):
-    logits = x @ params["w"] + params["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 0.5 * weight_decay * jnp.sum(
-        params["w"] ** 2)
+  logits = x @ params["w"] + params["b"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 0.5 * weight_decay * jnp.sum(
+    params["w"] ** 2
+  )
 
 
 def _fit_one(x, y, lr, weight_decay, key, num_classes, epochs, batch_size):
-    """Adam with a cosine-decayed learning rate; every epoch is one lax.scan over a fresh shuffle in full batches."""
-    n, d = x.shape
-    steps_per_epoch = n // batch_size
-    optimizer = optax.adam(optax.cosine_decay_schedule(lr, epochs * steps_per_epoch))
-    params = {"w": jnp.zeros((d, num_classes), x.dtype), "b": jnp.zeros((num_classes,), x.dtype)}
-    grad_fn = jax.grad(_loss)
+  """Adam with a cosine-decayed learning rate; every epoch is one lax.scan over a fresh shuffle in full batches."""
+  n, d = x.shape
+  steps_per_epoch = n // batch_size
+  optimizer = optax.adam(optax.cosine_decay_schedule(lr, epochs * steps_per_epoch))
+  params = {"w": jnp.zeros((d, num_classes), x.dtype), "b": jnp.zeros((num_classes,), x.dtype)}
+  grad_fn = jax.grad(_loss)
 
-    def step(carry, idx):
-        params, opt_state = carry
-        updates, opt_state = optimizer.update(grad_fn(params, x[idx], y[idx], weight_decay), opt_state)
-        return (optax.apply_updates(params, updates), opt_state), None
+  def step(carry, idx):
+    params, opt_state = carry
+    updates, opt_state = optimizer.update(grad_fn(params, x[idx], y[idx], weight_decay), opt_state)
+    return (optax.apply_updates(params, updates), opt_state), None
 
-    def epoch(carry, epoch_key):
-        order = jax.random.permutation(epoch_key, n)[:steps_per_epoch * batch_size]
-        return jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch_size))
+  def epoch(carry, epoch_key):
+    order = jax.random.permutation(epoch_key, n)[: steps_per_epoch * batch_size]
+    return jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch_size))
 
-    (params, _), _ = jax.lax.scan(epoch, (params, optimizer.init(params)), jax.random.split(key, epochs))
-    return params
+  (params, _), _ = jax.lax.scan(epoch, (params, optimizer.init(params)), jax.random.split(key, epochs))
+  return params
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
 def _fit(x, y, lrs, weight_decay, key, *, num_classes, epochs, batch_size):
-    """[N, D], [N], [L] learning rates -> params with a leading [L]: the whole sweep is one compiled program."""
-    return jax.vmap(lambda lr: _fit_one(x, y, lr, weight_decay, key, num_classes, epochs, batch_size))(lrs)
+  """[N, D], [N], [L] learning rates -> params with a leading [L]: the whole sweep is one compiled program."""
+  return jax.vmap(lambda lr: _fit_one(x, y, lr, weight_decay, key, num_classes, epochs, batch_size))(lrs)
 
 
 @jax.jit
 def _accuracy(params, x, y):
-    """Params with [L] leading -> [L] accuracies."""
-    logits = jnp.einsum("nd,ldc->lnc", x, params["w"]) + params["b"][:, None]
-    return jnp.mean(jnp.argmax(logits, axis=-1) == y, axis=-1)
+  """Params with [L] leading -> [L] accuracies."""
+  logits = jnp.einsum("nd,ldc->lnc", x, params["w"]) + params["b"][:, None]
+  return jnp.mean(jnp.argmax(logits, axis=-1) == y, axis=-1)
 
 
-def linear_probe(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray, *,
-                 num_classes: int, lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), epochs: int = 30,
-                 batch_size: int = 256, weight_decay: float = 1e-4, val_fraction: float = 0.1,
-                 seed: int = 0) -> dict:
-    """Test accuracy of logistic regression on frozen features, its learning rate chosen on held-out train rows.
+def linear_probe(
+  train_emb: np.ndarray,
+  train_labels: np.ndarray,
+  test_emb: np.ndarray,
+  test_labels: np.ndarray,
+  *,
+  num_classes: int,
+  lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+  epochs: int = 30,
+  batch_size: int = 256,
+  weight_decay: float = 1e-4,
+  val_fraction: float = 0.1,
+  seed: int = 0,
+) -> dict:
+  """Test accuracy of logistic regression on frozen features, its learning rate chosen on held-out train rows.
 
-    Features are standardised with the train set's mean and std. Every lr in `lrs` is fitted on the train set minus a
-    random `val_fraction` slice and scored on that slice; the best (first on ties) is refitted on the whole train set.
-    Loss: softmax cross-entropy + weight_decay / 2 * ||W||^2. The test set is used once, for the reported accuracy.
+  Features are standardised with the train set's mean and std. Every lr in `lrs` is fitted on the train set minus a
+  random `val_fraction` slice and scored on that slice; the best (first on ties) is refitted on the whole train set.
+  Loss: softmax cross-entropy + weight_decay / 2 * ||W||^2. The test set is used once, for the reported accuracy.
 
-    Args:
-      train_emb: [N, D]; train_labels: [N] ints in [0, num_classes); test_emb: [M, D]; test_labels: [M].
+  Args:
+    train_emb: [N, D]; train_labels: [N] ints in [0, num_classes); test_emb: [M, D]; test_labels: [M].
 
-    Returns:
-      dict(accuracy=test accuracy, best_lr=the chosen lr, per_lr={lr: held-out accuracy}).
-    """
-    train_emb, test_emb = np.asarray(train_emb, np.float32), np.asarray(test_emb, np.float32)
-    train_labels, test_labels = np.asarray(train_labels, np.int32), np.asarray(test_labels, np.int32)
-    mean, std = train_emb.mean(axis=0), train_emb.std(axis=0) + 1e-6
-    x_train, x_test = (train_emb - mean) / std, (test_emb - mean) / std
-    fit_key, final_key, split_key = jax.random.split(jax.random.key(seed), 3)
+  Returns:
+    dict(accuracy=test accuracy, best_lr=the chosen lr, per_lr={lr: held-out accuracy}).
+  """
+  train_emb, test_emb = np.asarray(train_emb, np.float32), np.asarray(test_emb, np.float32)
+  train_labels, test_labels = np.asarray(train_labels, np.int32), np.asarray(test_labels, np.int32)
+  mean, std = train_emb.mean(axis=0), train_emb.std(axis=0) + 1e-6
+  x_train, x_test = (train_emb - mean) / std, (test_emb - mean) / std
+  fit_key, final_key, split_key = jax.random.split(jax.random.key(seed), 3)
 
-    order = np.asarray(jax.random.permutation(split_key, len(x_train)))
-    num_val = max(1, int(round(val_fraction * len(x_train))))
-    val_idx, fit_idx = order[:num_val], order[num_val:]
-    fit = functools.partial(_fit, num_classes=num_classes, epochs=epochs)
+  order = np.asarray(jax.random.permutation(split_key, len(x_train)))
+  num_val = max(1, int(round(val_fraction * len(x_train))))
+  val_idx, fit_idx = order[:num_val], order[num_val:]
+  fit = functools.partial(_fit, num_classes=num_classes, epochs=epochs)
 
-    sweep = fit(x_train[fit_idx], train_labels[fit_idx], jnp.asarray(lrs, jnp.float32), weight_decay, fit_key,
-                batch_size=min(batch_size, len(fit_idx)))
-    val_acc = np.asarray(_accuracy(sweep, x_train[val_idx], train_labels[val_idx]))
-    best_lr = float(lrs[int(np.argmax(val_acc))])
+  sweep = fit(
+    x_train[fit_idx],
+    train_labels[fit_idx],
+    jnp.asarray(lrs, jnp.float32),
+    weight_decay,
+    fit_key,
+    batch_size=min(batch_size, len(fit_idx)),
+  )
+  val_acc = np.asarray(_accuracy(sweep, x_train[val_idx], train_labels[val_idx]))
+  best_lr = float(lrs[int(np.argmax(val_acc))])
 
-    final = fit(x_train, train_labels, jnp.asarray([best_lr], jnp.float32), weight_decay, final_key,
-                batch_size=min(batch_size, len(x_train)))
-    accuracy = float(_accuracy(final, x_test, test_labels)[0])
-    return dict(accuracy=accuracy, best_lr=best_lr, per_lr={float(lr): float(a) for lr, a in zip(lrs, val_acc)})
+  final = fit(
+    x_train,
+    train_labels,
+    jnp.asarray([best_lr], jnp.float32),
+    weight_decay,
+    final_key,
+    batch_size=min(batch_size, len(x_train)),
+  )
+  accuracy = float(_accuracy(final, x_test, test_labels)[0])
+  return dict(accuracy=accuracy, best_lr=best_lr, per_lr={float(lr): float(a) for lr, a in zip(lrs, val_acc)})

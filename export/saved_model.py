@@ -2,12 +2,14 @@
 
 TensorFlow is imported here only, lazily: the rest of the project runs without it.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,10 +20,22 @@ from export.jax_export import SAVED_MODELS
 
 
 # Coefficients of XLA's float32 erf (the decomposition of chlo.erf): x * P(x^2) / Q(x^2) on x clamped to [-4, 4].
-_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-          -1.42647390514189e-02)
+_ERF_P = (
+  -2.72614225801306e-10,
+  2.77068142495902e-08,
+  -2.10102402082508e-06,
+  -5.69250639462346e-05,
+  -7.34990630326855e-04,
+  -2.95459980854025e-03,
+  -1.60960333262415e-02,
+)
+_ERF_Q = (
+  -1.45660718464996e-05,
+  -2.13374055278905e-04,
+  -1.68282697438203e-03,
+  -7.37332916720468e-03,
+  -1.42647390514189e-02,
+)
 # Primitives whose body is inlined when re-tracing (no control flow: an erf inside scan / cond stays as is).
 _CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat")
 
@@ -62,6 +76,7 @@ def _without_erf(fn: Callable) -> Callable:
   JAX 0.10 serialises `erf` as a `stablehlo.composite` that TensorFlow 2.21's XlaCallModule cannot read (and at an
   older StableHLO target as a decomposition whose shapes TF cannot refine); the same polynomial in plain ops it can.
   """
+
   def wrapped(*args):
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     outs = _eval_without_erf(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
@@ -70,8 +85,9 @@ def _without_erf(fn: Callable) -> Callable:
   return wrapped
 
 
-def _save(encode: Callable, variables: Any, input_shape: tuple[int, ...], dtype: str, input_name: str,
-          path: str) -> str:
+def _save(
+  encode: Callable, variables: Any, input_shape: tuple[int, ...], dtype: str, input_name: str, path: str
+) -> str:
   """Saves `encode(variables, x [b, *input_shape]) -> [b, D]` as `serving_default(<input_name>) -> embeddings`.
 
   Parameters are tf.Variables (not constants), so large encoders stay under the 2 GB proto limit.
@@ -97,12 +113,14 @@ def _save(encode: Callable, variables: Any, input_shape: tuple[int, ...], dtype:
   return path
 
 
-def export_image_encoder_saved_model(method, params: Any, model_state: Any, *, image_shape: tuple[int, int, int],
-                                     out_dir: str) -> str:
+def export_image_encoder_saved_model(
+  method, params: Any, model_state: Any, *, image_shape: tuple[int, int, int], out_dir: str
+) -> str:
   """Writes `<out_dir>/saved_model` with signature `serving_default(images: uint8 [b, H, W, 3]) -> embeddings [b, D]`.
 
   Preprocessing is inside the function, as in the jax.export artifact.
   """
+
   def encode(v, images):
     return method.embed_fn(v["params"], v["model_state"], {"image": images}).astype(np.float32)
 
@@ -113,6 +131,7 @@ def export_image_encoder_saved_model(method, params: Any, model_state: Any, *, i
 def export_text_encoder_saved_model(method, params: Any, model_state: Any, *, max_len: int, out_dir: str) -> str:
   """Writes `<out_dir>/text_saved_model` with signature `serving_default(tokens: int32 [b, max_len]) -> embeddings
   [b, D]`; tokenize as the model card says (the same input as the jax.export text artifact)."""
+
   def encode(v, tokens):
     return method.embed_text_fn(v["params"], v["model_state"], {"caption": tokens}).astype(np.float32)
 

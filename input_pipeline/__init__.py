@@ -10,13 +10,15 @@ Augmentation runs on device (`augment_jax.simclr_augment`, `multi_view`, `multi_
 (`data_config.host_views > 0` adds "views" uint8 [B, V, H, W, 3], see `augment_tf`). String columns are
 tokenized with `data_config.tokenizer` (bytes by default) and never leave the host as strings.
 """
+
 from __future__ import annotations
 
 import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import sources, tokenizers
+import tokenization as tokenizers
+from input_pipeline import sources
 from input_pipeline.iterator import BatchIterator, batch_shards
 
 __all__ = ["build", "BatchIterator", "load_split", "num_examples", "default_data_config", "register_source"]
@@ -25,89 +27,113 @@ register_source = sources.register
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-    """The embedded "shapes" dataset and every field the other sources read (see sources.py)."""
-    c = ml_collections.ConfigDict()
-    c.name = "shapes"            # a key of sources.SOURCES, or "tfds:<dataset>"
-    c.path = ""                  # file / folder / glob for file sources; "{split}" is substituted
-    c.data_dir = ""              # TFDS data_dir ("" = TFDS default)
-    c.download = False           # TFDS: download and prepare when missing (off: fail at once with a how-to)
-    c.image_size = 32            # images are decoded / resized / centre-cropped to [S, S, 3]
-    c.num_classes = 10
-    c.train_size = 50_000        # shapes only
-    c.test_size = 10_000         # shapes only
-    c.seed = 0                   # shapes generation seed (the shuffle seed is build(seed=...))
-    c.cache = False              # keep decoded images in memory after the first epoch
-    c.columns = ()               # sentences: TSV column names, e.g. ("score", "text", "text_pos")
-    c.tokenizer = "bytes"        # bytes | sentencepiece | wordpiece | "" (drop text)
-    c.tokenizer_path = ""        # local .model / vocab.txt / tokenizer.json
-    c.max_text_len = 64
-    c.text_views = ""            # "" | copy (SimCSE dropout views) | word_deletion | word_repetition (ESimCSE)
-    c.caption_word_dropout = 0.0  # training captions lose each word with this probability (language augmentation)
-    c.host_views = 0             # >0: that many SimCLR views made on host with tf.image ops
-    return c
+  """The embedded "shapes" dataset and every field the other sources read (see sources.py)."""
+  c = ml_collections.ConfigDict()
+  c.name = "shapes"  # a key of sources.SOURCES, or "tfds:<dataset>"
+  c.path = ""  # file / folder / glob for file sources; "{split}" is substituted
+  c.data_dir = ""  # TFDS data_dir ("" = TFDS default)
+  c.download = False  # TFDS: download and prepare when missing (off: fail at once with a how-to)
+  c.image_size = 32  # images are decoded / resized / centre-cropped to [S, S, 3]
+  c.num_classes = 10
+  c.train_size = 50_000  # shapes only
+  c.test_size = 10_000  # shapes only
+  c.seed = 0  # shapes generation seed (the shuffle seed is build(seed=...))
+  c.cache = False  # keep decoded images in memory after the first epoch
+  c.columns = ()  # sentences: TSV column names, e.g. ("score", "text", "text_pos")
+  c.tokenizer = "bytes"  # bytes | sentencepiece | wordpiece | "" (drop text)
+  c.tokenizer_path = ""  # local .model / vocab.txt / tokenizer.json
+  c.max_text_len = 64
+  c.text_views = ""  # "" | copy (SimCSE dropout views) | word_deletion | word_repetition (ESimCSE)
+  c.caption_word_dropout = 0.0  # training captions lose each word with this probability (language augmentation)
+  c.host_views = 0  # >0: that many SimCLR views made on host with tf.image ops
+  return c
 
 
 def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: str):
-    """Per-batch host work: text views, host image views, tokenization. None when there is nothing to do."""
-    tokenizer_name = data_config.get("tokenizer", "")
-    tokenizer = tokenizers.get(tokenizer_name, data_config.get("tokenizer_path", "")) if tokenizer_name else None
-    text_views = data_config.get("text_views", "")
-    host_views = data_config.get("host_views", 0)
-    max_len = data_config.get("max_text_len", 64)
-    caption_dropout = float(data_config.get("caption_word_dropout", 0.0)) if split == "train" else 0.0
-    if text_views or caption_dropout:
-        from input_pipeline import text_views as text_views_lib
-        make_view = text_views_lib.get(text_views) if text_views else None
+  """Per-batch host work: text views, host image views, tokenization. None when there is nothing to do."""
+  tokenizer_name = data_config.get("tokenizer", "")
+  tokenizer = tokenizers.get(tokenizer_name, data_config.get("tokenizer_path", "")) if tokenizer_name else None
+  text_views = data_config.get("text_views", "")
+  host_views = data_config.get("host_views", 0)
+  max_len = data_config.get("max_text_len", 64)
+  caption_dropout = float(data_config.get("caption_word_dropout", 0.0)) if split == "train" else 0.0
+  if text_views or caption_dropout:
+    from input_pipeline import text_views as text_views_lib
 
-    def transform(columns: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
-        # ids [n, 2]: (epoch, dataset index) of each row, so host randomness is a function of the example.
-        columns = dict(columns)
-        if text_views:
-            columns["text_pos"] = np.asarray(
-                [make_view(t, np.random.default_rng([seed, *i])) for t, i in zip(columns["text"], ids)], object)
-        if caption_dropout and "caption" in columns:
-            # Image-text training: a caption with words left out still describes its image, and the words that are
-            # left (e.g. only the shape) must then tell it from the other captions (random deletion: Wei & Zou 2019).
-            columns["caption"] = np.asarray(
-                [text_views_lib.word_deletion(t, np.random.default_rng([seed, *i, 1]), caption_dropout)
-                 for t, i in zip(columns["caption"], ids)], object)
-        if host_views:
-            from input_pipeline import augment_tf
-            columns["views"] = augment_tf.host_views(columns["image"], ids, seed=seed, num_views=host_views)
-        for key in sources.string_columns(columns):
-            if tokenizer is not None:
-                columns[key] = tokenizer.encode(list(columns[key]), max_len)
-        return columns
+    make_view = text_views_lib.get(text_views) if text_views else None
 
-    return transform
+  def transform(columns: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
+    # ids [n, 2]: (epoch, dataset index) of each row, so host randomness is a function of the example.
+    columns = dict(columns)
+    if text_views:
+      columns["text_pos"] = np.asarray(
+        [make_view(t, np.random.default_rng([seed, *i])) for t, i in zip(columns["text"], ids)], object
+      )
+    if caption_dropout and "caption" in columns:
+      # Image-text training: a caption with words left out still describes its image, and the words that are
+      # left (e.g. only the shape) must then tell it from the other captions (random deletion: Wei & Zou 2019).
+      columns["caption"] = np.asarray(
+        [
+          text_views_lib.word_deletion(t, np.random.default_rng([seed, *i, 1]), caption_dropout)
+          for t, i in zip(columns["caption"], ids)
+        ],
+        object,
+      )
+    if host_views:
+      from input_pipeline import augment_tf
+
+      columns["views"] = augment_tf.host_views(columns["image"], ids, seed=seed, num_views=host_views)
+    for key in sources.string_columns(columns):
+      if tokenizer is not None:
+        columns[key] = tokenizer.encode(list(columns[key]), max_len)
+    return columns
+
+  return transform
 
 
-def build(data_config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          sharding: jax.sharding.NamedSharding, seed: int, shuffle: bool = True, repeat: bool = True,
-          prefetch: int = 2) -> BatchIterator:
-    """Iterator of global batches (dict of jax.Array, leading dim `global_batch_size`, sharded with `sharding`).
+def build(
+  data_config: ml_collections.ConfigDict,
+  *,
+  split: str,
+  global_batch_size: int,
+  sharding: jax.sharding.NamedSharding,
+  seed: int,
+  shuffle: bool = True,
+  repeat: bool = True,
+  prefetch: int = 2,
+) -> BatchIterator:
+  """Iterator of global batches (dict of jax.Array, leading dim `global_batch_size`, sharded with `sharding`).
 
-    Each process reads only the rows its devices own. Raises ValueError at start-up for a batch size the batch
-    sharding does not divide, an unknown source, a wrong path or an empty split.
-    """
-    shards = batch_shards(sharding)
-    if global_batch_size <= 0 or global_batch_size % shards:
-        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the {shards} devices that shard "
-                         f"the batch dimension (sharding {sharding}).")
-    source = sources.get_source(data_config, split)
-    return BatchIterator(source, global_batch_size=global_batch_size, sharding=sharding, seed=seed,
-                         shuffle=shuffle, repeat=repeat, transform=_host_transform(data_config, seed, split),
-                         prefetch=prefetch)
+  Each process reads only the rows its devices own. Raises ValueError at start-up for a batch size the batch
+  sharding does not divide, an unknown source, a wrong path or an empty split.
+  """
+  shards = batch_shards(sharding)
+  if global_batch_size <= 0 or global_batch_size % shards:
+    raise ValueError(
+      f"global_batch_size={global_batch_size} is not divisible by the {shards} devices that shard "
+      f"the batch dimension (sharding {sharding})."
+    )
+  source = sources.get_source(data_config, split)
+  return BatchIterator(
+    source,
+    global_batch_size=global_batch_size,
+    sharding=sharding,
+    seed=seed,
+    shuffle=shuffle,
+    repeat=repeat,
+    transform=_host_transform(data_config, seed, split),
+    prefetch=prefetch,
+  )
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
-    """The whole split on host, in order: "image" uint8 [N, S, S, 3], "label" int32 [N], "caption" str [N], ...
+  """The whole split on host, in order: "image" uint8 [N, S, S, 3], "label" int32 [N], "caption" str [N], ...
 
-    Unreadable rows are dropped.
-    """
-    columns, _ = sources.read_all(sources.get_source(data_config, split))
-    return {k: (v.astype(str) if k in sources.string_columns(columns) else v) for k, v in columns.items()}
+  Unreadable rows are dropped.
+  """
+  columns, _ = sources.read_all(sources.get_source(data_config, split))
+  return {k: (v.astype(str) if k in sources.string_columns(columns) else v) for k, v in columns.items()}
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
-    return len(sources.get_source(data_config, split))
+  return len(sources.get_source(data_config, split))

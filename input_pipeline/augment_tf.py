@@ -8,116 +8,139 @@ each, as in `color_jitter_nonrand` of the SimCLR code), grayscale, Gaussian blur
     ds = views_dataset(images, seed=0, num_views=2, batch_size=256)   # tf.data: uint8 [N, H, W, 3] -> views
     views = host_views(images, ids, seed=0, num_views=2)              # one batch: uint8 [B, V, H, W, 3]
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def simclr_augment_tf(image, seed, *, out_size: int | Sequence[int] | None = None,
-                      crop_scale: Sequence[float] = (0.08, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-                      flip_prob: float = 0.5, jitter_strength: float = 0.5, jitter_prob: float = 0.8,
-                      grayscale_prob: float = 0.2, blur_prob: float = 0.0, blur_sigma: Sequence[float] = (0.1, 2.0),
-                      solarize_prob: float = 0.0):
-    """One view: uint8 or float [H, W, 3] image, int seed [2] -> float32 [h, w, 3] in [0, 1] (tf.data map fn)."""
-    import tensorflow as tf
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else (out_size or (None, None))
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=12)
-    u = tf.random.stateless_uniform([8], seeds[0])
+def simclr_augment_tf(
+  image,
+  seed,
+  *,
+  out_size: int | Sequence[int] | None = None,
+  crop_scale: Sequence[float] = (0.08, 1.0),
+  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+  flip_prob: float = 0.5,
+  jitter_strength: float = 0.5,
+  jitter_prob: float = 0.8,
+  grayscale_prob: float = 0.2,
+  blur_prob: float = 0.0,
+  blur_sigma: Sequence[float] = (0.1, 2.0),
+  solarize_prob: float = 0.0,
+):
+  """One view: uint8 or float [H, W, 3] image, int seed [2] -> float32 [h, w, 3] in [0, 1] (tf.data map fn)."""
+  import tensorflow as tf
 
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[1], min_object_covered=0.0,
-        aspect_ratio_range=tuple(crop_ratio), area_range=tuple(crop_scale), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, size)
-    image = tf.image.resize(image, [out_h or height, out_w or width], method="bilinear", antialias=True)
-    image = tf.cond(u[0] < flip_prob, lambda: tf.image.flip_left_right(image), lambda: image)
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else (out_size or (None, None))
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=12)
+  u = tf.random.stateless_uniform([8], seeds[0])
 
-    def jitter(x):
-        s = 0.8 * jitter_strength
-        lo = max(0.0, 1.0 - s)
-        x = tf.clip_by_value(x * tf.random.stateless_uniform([], seeds[2], lo, 1.0 + s), 0.0, 1.0)
-        x = tf.clip_by_value(tf.image.stateless_random_contrast(x, lo, 1.0 + s, seeds[3]), 0.0, 1.0)
-        x = tf.clip_by_value(tf.image.stateless_random_saturation(x, lo, 1.0 + s, seeds[4]), 0.0, 1.0)
-        if jitter_strength > 0:
-            x = tf.clip_by_value(tf.image.stateless_random_hue(x, 0.2 * jitter_strength, seeds[5]), 0.0, 1.0)
-        return x
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+    tf.shape(image),
+    tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    seed=seeds[1],
+    min_object_covered=0.0,
+    aspect_ratio_range=tuple(crop_ratio),
+    area_range=tuple(crop_scale),
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
+  image = tf.slice(image, begin, size)
+  image = tf.image.resize(image, [out_h or height, out_w or width], method="bilinear", antialias=True)
+  image = tf.cond(u[0] < flip_prob, lambda: tf.image.flip_left_right(image), lambda: image)
 
-    image = tf.cond(u[1] < jitter_prob, lambda: jitter(image), lambda: image)
-    image = tf.cond(u[2] < grayscale_prob, lambda: tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]),
-                    lambda: image)
-    if blur_prob > 0:
-        sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * u[4]
-        image = tf.cond(u[3] < blur_prob, lambda: _gaussian_blur(image, sigma), lambda: image)
-    if solarize_prob > 0:
-        image = tf.cond(u[5] < solarize_prob, lambda: tf.where(image < 0.5, image, 1.0 - image), lambda: image)
-    return image
+  def jitter(x):
+    s = 0.8 * jitter_strength
+    lo = max(0.0, 1.0 - s)
+    x = tf.clip_by_value(x * tf.random.stateless_uniform([], seeds[2], lo, 1.0 + s), 0.0, 1.0)
+    x = tf.clip_by_value(tf.image.stateless_random_contrast(x, lo, 1.0 + s, seeds[3]), 0.0, 1.0)
+    x = tf.clip_by_value(tf.image.stateless_random_saturation(x, lo, 1.0 + s, seeds[4]), 0.0, 1.0)
+    if jitter_strength > 0:
+      x = tf.clip_by_value(tf.image.stateless_random_hue(x, 0.2 * jitter_strength, seeds[5]), 0.0, 1.0)
+    return x
+
+  image = tf.cond(u[1] < jitter_prob, lambda: jitter(image), lambda: image)
+  image = tf.cond(u[2] < grayscale_prob, lambda: tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]), lambda: image)
+  if blur_prob > 0:
+    sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * u[4]
+    image = tf.cond(u[3] < blur_prob, lambda: _gaussian_blur(image, sigma), lambda: image)
+  if solarize_prob > 0:
+    image = tf.cond(u[5] < solarize_prob, lambda: tf.where(image < 0.5, image, 1.0 - image), lambda: image)
+  return image
 
 
 def _gaussian_blur(image, sigma):
-    """Separable Gaussian blur, kernel ~10% of the image side (odd, >= 3), edge-padded."""
-    import tensorflow as tf
-    radius = max(1, int(0.1 * image.shape[0]) // 2) if image.shape[0] else 1
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= tf.reduce_sum(kernel)
-    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
-    k_h = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
-    k_w = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
-    out = tf.nn.depthwise_conv2d(padded, k_h, [1, 1, 1, 1], "VALID")
-    return tf.nn.depthwise_conv2d(out, k_w, [1, 1, 1, 1], "VALID")[0]
+  """Separable Gaussian blur, kernel ~10% of the image side (odd, >= 3), edge-padded."""
+  import tensorflow as tf
+
+  radius = max(1, int(0.1 * image.shape[0]) // 2) if image.shape[0] else 1
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-0.5 * (x / sigma) ** 2)
+  kernel /= tf.reduce_sum(kernel)
+  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
+  k_h = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
+  k_w = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
+  out = tf.nn.depthwise_conv2d(padded, k_h, [1, 1, 1, 1], "VALID")
+  return tf.nn.depthwise_conv2d(out, k_w, [1, 1, 1, 1], "VALID")[0]
 
 
 def _view_seeds(seeds, num_views: int):
-    import tensorflow as tf
-    return tf.random.experimental.stateless_split(seeds, num=num_views)
+  import tensorflow as tf
+
+  return tf.random.experimental.stateless_split(seeds, num=num_views)
 
 
 def _to_uint8_views(num_views: int, kwargs: dict):
-    import tensorflow as tf
+  import tensorflow as tf
 
-    def views(image, seed):
-        per_view = _view_seeds(seed, num_views)
-        out = tf.stack([simclr_augment_tf(image, per_view[v], **kwargs) for v in range(num_views)])
-        return tf.cast(tf.round(out * 255.0), tf.uint8)
-    return views
+  def views(image, seed):
+    per_view = _view_seeds(seed, num_views)
+    out = tf.stack([simclr_augment_tf(image, per_view[v], **kwargs) for v in range(num_views)])
+    return tf.cast(tf.round(out * 255.0), tf.uint8)
+
+  return views
 
 
-def views_dataset(images: np.ndarray, *, seed: int, num_views: int = 2, batch_size: int = 256,
-                  shuffle: bool = True, **kwargs):
-    """tf.data pipeline: uint8 [N, H, W, 3] -> repeated batches of uint8 views [B, V, h, w, 3] (seed per example)."""
-    import tensorflow as tf
-    n = len(images)
-    ds = tf.data.Dataset.from_tensor_slices((images, np.stack([np.full(n, seed), np.arange(n)], -1)))
-    ds = ds.repeat()
-    if shuffle:
-        ds = ds.shuffle(min(n, 10_000), seed=seed)
-    ds = ds.map(_to_uint8_views(num_views, kwargs), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+def views_dataset(
+  images: np.ndarray, *, seed: int, num_views: int = 2, batch_size: int = 256, shuffle: bool = True, **kwargs
+):
+  """tf.data pipeline: uint8 [N, H, W, 3] -> repeated batches of uint8 views [B, V, h, w, 3] (seed per example)."""
+  import tensorflow as tf
+
+  n = len(images)
+  ds = tf.data.Dataset.from_tensor_slices((images, np.stack([np.full(n, seed), np.arange(n)], -1)))
+  ds = ds.repeat()
+  if shuffle:
+    ds = ds.shuffle(min(n, 10_000), seed=seed)
+  ds = ds.map(_to_uint8_views(num_views, kwargs), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def host_views(images: np.ndarray, ids: np.ndarray, *, seed: int, num_views: int, **kwargs) -> np.ndarray:
-    """Views of one batch on host: uint8 [B, H, W, 3], ids int [B, 2] (epoch, index) -> uint8 [B, V, h, w, 3].
+  """Views of one batch on host: uint8 [B, H, W, 3], ids int [B, 2] (epoch, index) -> uint8 [B, V, h, w, 3].
 
-    Example seeds are (seed * 2^20 + epoch, index), so a view depends on the example, not on the batch.
-    """
-    ids = np.asarray(ids, np.int64)
-    seeds = np.stack([seed * (1 << 20) + ids[:, 0], ids[:, 1]], -1)
-    return _batch_views_fn(num_views, tuple(sorted(kwargs.items())))(images, seeds).numpy()
+  Example seeds are (seed * 2^20 + epoch, index), so a view depends on the example, not on the batch.
+  """
+  ids = np.asarray(ids, np.int64)
+  seeds = np.stack([seed * (1 << 20) + ids[:, 0], ids[:, 1]], -1)
+  return _batch_views_fn(num_views, tuple(sorted(kwargs.items())))(images, seeds).numpy()
 
 
 @functools.cache
 def _batch_views_fn(num_views: int, kwargs: tuple):
-    """A traced-once tf.function mapping the per-example view function over a batch."""
-    import tensorflow as tf
-    views = _to_uint8_views(num_views, dict(kwargs))
+  """A traced-once tf.function mapping the per-example view function over a batch."""
+  import tensorflow as tf
 
-    @tf.function
-    def batch_views(images, seeds):
-        return tf.map_fn(lambda args: views(*args), (images, seeds), fn_output_signature=tf.uint8,
-                         parallel_iterations=64)
-    return batch_views
+  views = _to_uint8_views(num_views, dict(kwargs))
+
+  @tf.function
+  def batch_views(images, seeds):
+    return tf.map_fn(lambda args: views(*args), (images, seeds), fn_output_signature=tf.uint8, parallel_iterations=64)
+
+  return batch_views

@@ -7,6 +7,7 @@ global value (identical on every device), with gradients equal to the single-dev
 Losses are looked up by name (`losses.get("nt_xent")`), and `combine` sums weighted
 terms described by a config, for multi-task and hybrid objectives.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -22,22 +23,22 @@ from losses.swav import sinkhorn, swav
 from losses.temperature import isogclr, isogclr_init_state, learnable_temperature
 
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {
-    "nt_xent": nt_xent,
-    "dcl": dcl,
-    "dclw": dclw,
-    "mv_info_nce": mv_info_nce,
-    "supcon": supcon,
-    "soft_supcon": supcon,  # multi-label targets: pass [n, C] labels
-    "mochi": mochi,
-    "clip_softmax_loss": clip_softmax_loss,
-    "siglip_loss": siglip_loss,
-    "barlow_twins": barlow_twins,
-    "vicreg": vicreg,
-    "swav": swav,
-    "alignment": alignment,
-    "uniformity": uniformity,
-    "token_cross_entropy": token_cross_entropy,
-    "isogclr": isogclr,
+  "nt_xent": nt_xent,
+  "dcl": dcl,
+  "dclw": dclw,
+  "mv_info_nce": mv_info_nce,
+  "supcon": supcon,
+  "soft_supcon": supcon,  # multi-label targets: pass [n, C] labels
+  "mochi": mochi,
+  "clip_softmax_loss": clip_softmax_loss,
+  "siglip_loss": siglip_loss,
+  "barlow_twins": barlow_twins,
+  "vicreg": vicreg,
+  "swav": swav,
+  "alignment": alignment,
+  "uniformity": uniformity,
+  "token_cross_entropy": token_cross_entropy,
+  "isogclr": isogclr,
 }
 
 
@@ -54,8 +55,9 @@ def get(name: str) -> Callable[..., jax.Array]:
     raise ValueError(f"unknown loss {name!r}; known: {', '.join(names())}") from None
 
 
-def combine(terms: Sequence[Mapping], outputs: Mapping[str, object], *,
-            axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def combine(
+  terms: Sequence[Mapping], outputs: Mapping[str, object], *, axis_name: str | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of losses described by config entries, for multi-task / hybrid training.
 
   Args:
@@ -82,8 +84,9 @@ def combine(terms: Sequence[Mapping], outputs: Mapping[str, object], *,
     missing = [k for k in term["inputs"] if k not in outputs]
     if missing:
       raise ValueError(f"loss term {key!r} needs outputs {missing}; have {sorted(outputs)}")
-    value = get(term["name"])(*(outputs[k] for k in term["inputs"]), **dict(term.get("kwargs", {})),
-                              axis_name=axis_name)
+    value = get(term["name"])(
+      *(outputs[k] for k in term["inputs"]), **dict(term.get("kwargs", {})), axis_name=axis_name
+    )
     if isinstance(value, tuple):
       value = value[0]
     metrics[key] = value
@@ -93,8 +96,26 @@ def combine(terms: Sequence[Mapping], outputs: Mapping[str, object], *,
 
 
 __all__ = [
-    "alignment", "barlow_twins", "clip_softmax_loss", "combine", "dcl", "dclw", "get", "isogclr",
-    "isogclr_init_state", "l2_normalize", "learnable_temperature", "mochi", "mv_info_nce", "names",
-    "nt_xent", "siglip_loss", "sinkhorn", "supcon", "swav", "token_cross_entropy", "uniformity",
-    "vicreg",
+  "alignment",
+  "barlow_twins",
+  "clip_softmax_loss",
+  "combine",
+  "dcl",
+  "dclw",
+  "get",
+  "isogclr",
+  "isogclr_init_state",
+  "l2_normalize",
+  "learnable_temperature",
+  "mochi",
+  "mv_info_nce",
+  "names",
+  "nt_xent",
+  "siglip_loss",
+  "sinkhorn",
+  "supcon",
+  "swav",
+  "token_cross_entropy",
+  "uniformity",
+  "vicreg",
 ]

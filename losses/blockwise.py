@@ -21,6 +21,7 @@ one logit block, a device keeps only its inputs and their gradient accumulators,
 in both passes. A last partial chunk is handled by overlapping it with the previous one
 and masking the repeated rows, so any chunk size works.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,8 +36,18 @@ MODES = ("dense", "chunked", "ring")
 REDUCTIONS = ("logsumexp", "softplus")
 
 
-def pairwise_reduce(x: jax.Array, y: jax.Array, scale, bias=0.0, *, reduction: str, symmetric: bool = False,
-                    mode: str = "dense", chunk_size: int | None = None, axis_name: str | None = None):
+def pairwise_reduce(
+  x: jax.Array,
+  y: jax.Array,
+  scale,
+  bias=0.0,
+  *,
+  reduction: str,
+  symmetric: bool = False,
+  mode: str = "dense",
+  chunk_size: int | None = None,
+  axis_name: str | None = None,
+):
   """r_xy [n] (and r_yx [n] if symmetric), in at least float32, as in the module docstring."""
   if reduction not in REDUCTIONS:
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -92,7 +103,9 @@ class _Plan:
 
   def add(self, acc, part, k):
     start = self.start(k)
-    return jax.lax.dynamic_update_slice_in_dim(acc, jax.lax.dynamic_slice_in_dim(acc, start, self.rows) + part, start, 0)
+    return jax.lax.dynamic_update_slice_in_dim(
+      acc, jax.lax.dynamic_slice_in_dim(acc, start, self.rows) + part, start, 0
+    )
 
 
 def _reduce_block(reduction, anchors, block, valid, scale, bias, acc):
@@ -128,8 +141,10 @@ def _streamed_fwd(x, y, scale, bias, reduction, symmetric, mode, chunk_size, axi
   pairs = [(x, y), (y, x)] if symmetric else [(x, y)]
 
   def consume(accs, blocks, valid):
-    return tuple(_reduce_block(reduction, anchors, blk, valid, scale, bias, acc)
-                 for (anchors, _), blk, acc in zip(pairs, blocks, accs))
+    return tuple(
+      _reduce_block(reduction, anchors, blk, valid, scale, bias, acc)
+      for (anchors, _), blk, acc in zip(pairs, blocks, accs)
+    )
 
   def chunk_step(accs, k):
     payload = tuple(plan.take(cols, k) for _, cols in pairs)
@@ -141,6 +156,7 @@ def _streamed_fwd(x, y, scale, bias, reduction, symmetric, mode, chunk_size, axi
       accs, blocks = carry
       accs = consume(accs, blocks, plan.valid(k))
       return (accs, collectives.ring_shift(blocks, axis_name)), None
+
     return jax.lax.scan(hop, (accs, payload), None, length=plan.w)[0][0], None
 
   accs = jax.lax.scan(chunk_step, (init,) * len(pairs), jnp.arange(plan.steps))[0]
@@ -176,13 +192,14 @@ def _streamed_bwd(reduction, symmetric, mode, chunk_size, axis_name, residuals, 
       carry, d_blocks = consume(carry, blocks, jnp.tile(plan.valid(k), plan.w))
       d_home = [collectives.psum_scatter(d, axis_name) for d in d_blocks]
     else:
+
       def hop(c, _):
         carry, blocks, d_travel = c
         carry, d_blocks = consume(carry, blocks, plan.valid(k))
         # Column gradients travel with their chunk; after W hops both are home.
-        blocks, d_travel = collectives.ring_shift(
-            (blocks, tuple(t + d for t, d in zip(d_travel, d_blocks))), axis_name)
+        blocks, d_travel = collectives.ring_shift((blocks, tuple(t + d for t, d in zip(d_travel, d_blocks))), axis_name)
         return (carry, blocks, d_travel), None
+
       d_zero = tuple(jnp.zeros_like(p, dtype=_acc_dtype(p)) for p in payload)
       carry, _, d_home = jax.lax.scan(hop, (carry, payload, d_zero), None, length=plan.w)[0]
     (dx, dy), dscale, dbias = carry

@@ -8,6 +8,7 @@ Gradients: `all_gather` transposes to a reduce-scatter, so gathering negatives a
 averaging the local losses with `pmean` gives every device the exact gradient of the
 global loss with respect to its local inputs (with `check_vma=True`, the default).
 """
+
 from __future__ import annotations
 
 import jax

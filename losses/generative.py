@@ -1,4 +1,5 @@
 """Generative term for hybrid objectives: token-level cross entropy with a padding mask."""
+
 from __future__ import annotations
 
 import jax
@@ -8,8 +9,14 @@ import optax
 from losses import collectives
 
 
-def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None, *,
-                        label_smoothing: float = 0.0, axis_name: str | None = None) -> jax.Array:
+def token_cross_entropy(
+  logits: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  label_smoothing: float = 0.0,
+  axis_name: str | None = None,
+) -> jax.Array:
   """Mean next-token (captioning) or reconstruction cross entropy over real tokens.
 
   Args:

@@ -6,6 +6,7 @@ at 100), and the value is the global one over all N pairs of all devices. `mode`
 the N x N logits are covered (see `losses.blockwise`); all modes give the same value and
 gradients, including those of `logit_scale` and `logit_bias`.
 """
+
 from __future__ import annotations
 
 import jax
@@ -16,9 +17,15 @@ from losses.blockwise import pairwise_reduce
 from losses.validation import check_pair, check_positive
 
 
-def clip_softmax_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: float | jax.Array, *,
-                      mode: str = "dense", chunk_size: int | None = 256,
-                      axis_name: str | None = None) -> jax.Array:
+def clip_softmax_loss(
+  image_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: float | jax.Array,
+  *,
+  mode: str = "dense",
+  chunk_size: int | None = 256,
+  axis_name: str | None = None,
+) -> jax.Array:
   """Symmetric InfoNCE of CLIP (Radford et al. 2021; open_clip ClipLoss).
 
   Args:
@@ -35,17 +42,31 @@ def clip_softmax_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: fl
   check_pair("image_emb", image_emb, "text_emb", text_emb)
   check_positive("logit_scale", logit_scale)
   image_to_text, text_to_image = pairwise_reduce(
-      image_emb, text_emb, logit_scale, reduction="logsumexp", symmetric=True, mode=mode,
-      chunk_size=chunk_size, axis_name=axis_name)
+    image_emb,
+    text_emb,
+    logit_scale,
+    reduction="logsumexp",
+    symmetric=True,
+    mode=mode,
+    chunk_size=chunk_size,
+    axis_name=axis_name,
+  )
   positives = logit_scale * jnp.sum(image_emb * text_emb, axis=1, dtype=jnp.promote_types(image_emb.dtype, jnp.float32))
   local = jnp.sum(image_to_text + text_to_image - 2 * positives)
   global_n = image_emb.shape[0] * collectives.axis_size(axis_name)
   return collectives.psum(local, axis_name) / (2 * global_n)
 
 
-def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: float | jax.Array,
-                logit_bias: float | jax.Array, *, mode: str = "dense", chunk_size: int | None = 256,
-                axis_name: str | None = None) -> jax.Array:
+def siglip_loss(
+  image_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: float | jax.Array,
+  logit_bias: float | jax.Array,
+  *,
+  mode: str = "dense",
+  chunk_size: int | None = 256,
+  axis_name: str | None = None,
+) -> jax.Array:
   """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, alg. 1; open_clip SigLipLoss).
 
   Args:
@@ -58,9 +79,20 @@ def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: float | 
   """
   check_pair("image_emb", image_emb, "text_emb", text_emb)
   check_positive("logit_scale", logit_scale)
-  all_pairs = pairwise_reduce(image_emb, text_emb, logit_scale, logit_bias, reduction="softplus", mode=mode,
-                              chunk_size=chunk_size, axis_name=axis_name)
-  positives = logit_scale * jnp.sum(image_emb * text_emb, axis=1, dtype=jnp.promote_types(image_emb.dtype, jnp.float32)) + logit_bias
+  all_pairs = pairwise_reduce(
+    image_emb,
+    text_emb,
+    logit_scale,
+    logit_bias,
+    reduction="softplus",
+    mode=mode,
+    chunk_size=chunk_size,
+    axis_name=axis_name,
+  )
+  positives = (
+    logit_scale * jnp.sum(image_emb * text_emb, axis=1, dtype=jnp.promote_types(image_emb.dtype, jnp.float32))
+    + logit_bias
+  )
   local = jnp.sum(all_pairs - positives)
   global_n = image_emb.shape[0] * collectives.axis_size(axis_name)
   return collectives.psum(local, axis_name) / global_n

@@ -4,6 +4,7 @@ All take local [n, D] (or [V, n, D]) embeddings, L2-normalise them, and with `ax
 all-gather the candidates so that each device scores its own anchors against the global
 batch; the returned value is the global mean, identical on every device.
 """
+
 from __future__ import annotations
 
 import jax
@@ -53,8 +54,14 @@ def _two_views(z1, z2):
   return jnp.stack([z1, z2])
 
 
-def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5, queue: jax.Array | None = None,
-            axis_name: str | None = None) -> jax.Array:
+def nt_xent(
+  z1: jax.Array,
+  z2: jax.Array,
+  *,
+  temperature: float = 0.5,
+  queue: jax.Array | None = None,
+  axis_name: str | None = None,
+) -> jax.Array:
   """Normalised-temperature cross entropy (SimCLR NT-Xent; MoCo InfoNCE with a queue).
 
   Args:
@@ -97,8 +104,14 @@ def _queue_negatives(queue, dim):
   return jax.lax.stop_gradient(l2_normalize(queue))
 
 
-def dcl(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, weight_sigma: float | None = None,
-        axis_name: str | None = None) -> jax.Array:
+def dcl(
+  z1: jax.Array,
+  z2: jax.Array,
+  *,
+  temperature: float = 0.1,
+  weight_sigma: float | None = None,
+  axis_name: str | None = None,
+) -> jax.Array:
   """Decoupled contrastive loss (Yeh et al. 2022): NT-Xent without the positive in the denominator.
 
   Args:
@@ -128,8 +141,9 @@ def dcl(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, weight_sigma:
   return collectives.pmean(local, axis_name)
 
 
-def dclw(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, sigma: float = 0.5,
-         axis_name: str | None = None) -> jax.Array:
+def dclw(
+  z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, sigma: float = 0.5, axis_name: str | None = None
+) -> jax.Array:
   """DCL with von Mises-Fisher positive weights: `dcl(..., weight_sigma=sigma)` (lightly DCLWLoss)."""
   return dcl(z1, z2, temperature=temperature, weight_sigma=sigma, axis_name=axis_name)
 
@@ -156,8 +170,7 @@ def mv_info_nce(views: jax.Array, *, temperature: float = 0.5, axis_name: str | 
   return collectives.pmean(local, axis_name)
 
 
-def supcon(views: jax.Array, labels: jax.Array, *, temperature: float = 0.1,
-           axis_name: str | None = None) -> jax.Array:
+def supcon(views: jax.Array, labels: jax.Array, *, temperature: float = 0.1, axis_name: str | None = None) -> jax.Array:
   """Supervised contrastive loss L_out (Khosla et al. 2020, eq. 2), hard or soft labels.
 
   Args:
@@ -198,9 +211,19 @@ def supcon(views: jax.Array, labels: jax.Array, *, temperature: float = 0.1,
   return total / jnp.maximum(count, 1)
 
 
-def mochi(q: jax.Array, k: jax.Array, queue: jax.Array, rng: jax.Array, *, temperature: float = 0.2,
-          num_hard: int = 1024, num_mixed: int = 256, num_query_mixed: int = 128, query_mix_max: float = 0.5,
-          axis_name: str | None = None) -> jax.Array:
+def mochi(
+  q: jax.Array,
+  k: jax.Array,
+  queue: jax.Array,
+  rng: jax.Array,
+  *,
+  temperature: float = 0.2,
+  num_hard: int = 1024,
+  num_mixed: int = 256,
+  num_query_mixed: int = 128,
+  query_mix_max: float = 0.5,
+  axis_name: str | None = None,
+) -> jax.Array:
   """MoCo InfoNCE with hard negative mixing (MoCHi, Kalantidis et al. 2020).
 
   Args:
@@ -236,6 +259,10 @@ def mochi(q: jax.Array, k: jax.Array, queue: jax.Array, rng: jax.Array, *, tempe
   query_mixed = beta * jax.lax.stop_gradient(q)[:, None] + (1 - beta) * hard(pick(k_qj, num_query_mixed))
   synthetic = jax.lax.stop_gradient(l2_normalize(jnp.concatenate([mixed, query_mixed], axis=1)))
 
-  logits = jnp.concatenate([jnp.sum(q * k, axis=-1, keepdims=True), queue_logits,
-                            jnp.einsum("nd,nmd->nm", q, synthetic)], axis=1) / temperature
+  logits = (
+    jnp.concatenate(
+      [jnp.sum(q * k, axis=-1, keepdims=True), queue_logits, jnp.einsum("nd,nmd->nm", q, synthetic)], axis=1
+    )
+    / temperature
+  )
   return collectives.pmean(jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0]), axis_name)

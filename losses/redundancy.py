@@ -1,4 +1,5 @@
 """Redundancy reduction: Barlow Twins and VICReg, with batch statistics over all devices."""
+
 from __future__ import annotations
 
 import jax
@@ -17,8 +18,9 @@ def _off_diagonal_sq_sum(m):
   return jnp.sum(m**2) - jnp.sum(jnp.diagonal(m) ** 2)
 
 
-def barlow_twins(z1: jax.Array, z2: jax.Array, *, lambda_param: float = 5e-3, eps: float = 1e-5,
-                 axis_name: str | None = None) -> jax.Array:
+def barlow_twins(
+  z1: jax.Array, z2: jax.Array, *, lambda_param: float = 5e-3, eps: float = 1e-5, axis_name: str | None = None
+) -> jax.Array:
   """Barlow Twins (Zbontar et al. 2021, eq. 1; lightly BarlowTwinsLoss).
 
   Args:
@@ -43,8 +45,16 @@ def barlow_twins(z1: jax.Array, z2: jax.Array, *, lambda_param: float = 5e-3, ep
   return jnp.sum((1 - jnp.diagonal(c)) ** 2) + lambda_param * _off_diagonal_sq_sum(c)
 
 
-def vicreg(z1: jax.Array, z2: jax.Array, *, lambda_param: float = 25.0, mu_param: float = 25.0,
-           nu_param: float = 1.0, eps: float = 1e-4, axis_name: str | None = None) -> jax.Array:
+def vicreg(
+  z1: jax.Array,
+  z2: jax.Array,
+  *,
+  lambda_param: float = 25.0,
+  mu_param: float = 25.0,
+  nu_param: float = 1.0,
+  eps: float = 1e-4,
+  axis_name: str | None = None,
+) -> jax.Array:
   """VICReg (Bardes et al. 2022; lightly VICRegLoss).
 
   Args:

@@ -1,4 +1,5 @@
 """Alignment and uniformity (Wang & Isola 2020), usable as additive terms on any loss."""
+
 from __future__ import annotations
 
 import jax
@@ -9,8 +10,9 @@ from losses.infonce import l2_normalize
 from losses.validation import check_embeddings, check_pair, check_positive
 
 
-def alignment(x: jax.Array, y: jax.Array, *, alpha: float = 2.0, normalize: bool = True,
-              axis_name: str | None = None) -> jax.Array:
+def alignment(
+  x: jax.Array, y: jax.Array, *, alpha: float = 2.0, normalize: bool = True, axis_name: str | None = None
+) -> jax.Array:
   """L_align = E_i ||x_i - y_i||_2^alpha over the global batch of positive pairs.
 
   Args:
@@ -40,7 +42,7 @@ def uniformity(x: jax.Array, *, t: float = 2.0, normalize: bool = True, axis_nam
   big_n = everyone.shape[0]
   if big_n < 2:
     raise ValueError(f"uniformity needs a global batch of at least 2, got {big_n}")
-  sq_dist = (jnp.sum(x**2, axis=1)[:, None] + jnp.sum(everyone**2, axis=1)[None, :] - 2 * x @ everyone.T)
+  sq_dist = jnp.sum(x**2, axis=1)[:, None] + jnp.sum(everyone**2, axis=1)[None, :] - 2 * x @ everyone.T
   rows = collectives.axis_index(axis_name) * n + jnp.arange(n)
   exponent = jnp.where(rows[:, None] == jnp.arange(big_n)[None, :], -jnp.inf, -t * jnp.maximum(sq_dist, 0.0))
   # A shared shift keeps exp() in range; it cancels in the log.

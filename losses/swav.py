@@ -1,4 +1,5 @@
 """SwAV: swapped prediction of Sinkhorn-Knopp codes, multi-crop."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,8 +11,9 @@ from losses import collectives
 from losses.validation import check_positive
 
 
-def sinkhorn(scores: jax.Array, *, iterations: int = 3, epsilon: float = 0.05,
-             axis_name: str | None = None) -> jax.Array:
+def sinkhorn(
+  scores: jax.Array, *, iterations: int = 3, epsilon: float = 0.05, axis_name: str | None = None
+) -> jax.Array:
   """Equipartitioned soft codes (Caron et al. 2020, alg. 1; lightly `sinkhorn`), no gradient.
 
   Args:
@@ -41,9 +43,16 @@ def _as_crops(name, crops):
   return crops
 
 
-def swav(high_res: Sequence[jax.Array], low_res: Sequence[jax.Array] = (), *, temperature: float = 0.1,
-         sinkhorn_iterations: int = 3, sinkhorn_epsilon: float = 0.05,
-         queue: Sequence[jax.Array] | None = None, axis_name: str | None = None) -> jax.Array:
+def swav(
+  high_res: Sequence[jax.Array],
+  low_res: Sequence[jax.Array] = (),
+  *,
+  temperature: float = 0.1,
+  sinkhorn_iterations: int = 3,
+  sinkhorn_epsilon: float = 0.05,
+  queue: Sequence[jax.Array] | None = None,
+  axis_name: str | None = None,
+) -> jax.Array:
   """SwAV swapped-prediction loss with multi-crop (Caron et al. 2020; lightly SwaVLoss).
 
   Args:

@@ -1,4 +1,5 @@
 """Temperatures: a learnable (log-parametrised, clipped) one, and per-sample ones (iSogCLR)."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,9 @@ from losses.infonce import l2_normalize
 from losses.validation import check_pair, check_positive
 
 
-def learnable_temperature(log_temperature: jax.Array, *, min_temperature: float = 0.01,
-                          max_temperature: float = 1.0) -> jax.Array:
+def learnable_temperature(
+  log_temperature: jax.Array, *, min_temperature: float = 0.01, max_temperature: float = 1.0
+) -> jax.Array:
   """tau = exp(clip(log_tau, log min, log max)); the gradient is zero outside the range.
 
   Keep `log_temperature` as the parameter (init log(tau0)). CLIP's logit scale is 1 / tau:
@@ -30,9 +32,18 @@ def isogclr_init_state(n: int) -> dict[str, jax.Array]:
   return {"s_x": zeros, "s_y": zeros, "b_x": zeros, "b_y": zeros}
 
 
-def isogclr(x: jax.Array, y: jax.Array, tau_x: jax.Array, tau_y: jax.Array, state: dict[str, jax.Array], *,
-            gamma: float = 0.8, rho: float = 8.0, eps: float = 1e-14,
-            axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def isogclr(
+  x: jax.Array,
+  y: jax.Array,
+  tau_x: jax.Array,
+  tau_y: jax.Array,
+  state: dict[str, jax.Array],
+  *,
+  gamma: float = 0.8,
+  rho: float = 8.0,
+  eps: float = 1e-14,
+  axis_name: str | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Robust contrastive loss with individualised temperatures (iSogCLR, Qiu et al. 2023).
 
   Args:

@@ -1,4 +1,5 @@
 """Trace-time argument checks shared by the losses; each raises ValueError with the shapes."""
+
 from __future__ import annotations
 
 import jax

@@ -1,8 +1,9 @@
 """Methods: which models, which views, which loss. `methods.get(name)(config, mesh) -> Method`."""
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from methods.base import Method
 
@@ -10,18 +11,18 @@ from methods.base import Method
 # siglip and lit by config.loss.name / config.model.lock_image in clip.py, esimcse by config.simcse.queue_size,
 # coca (a CoCa-style hybrid) by the heads and loss terms of its multitask config.
 _MODULES = {
-    "simclr": "methods.simclr",
-    "clip": "methods.clip",
-    "siglip": "methods.clip",
-    "lit": "methods.clip",
-    "moco": "methods.moco",
-    "supcon": "methods.supcon",
-    "swav": "methods.swav",
-    "simcse": "methods.simcse",
-    "esimcse": "methods.simcse",
-    "simskip": "methods.simskip",
-    "multitask": "methods.multitask",
-    "coca": "methods.multitask",
+  "simclr": "methods.simclr",
+  "clip": "methods.clip",
+  "siglip": "methods.clip",
+  "lit": "methods.clip",
+  "moco": "methods.moco",
+  "supcon": "methods.supcon",
+  "swav": "methods.swav",
+  "simcse": "methods.simcse",
+  "esimcse": "methods.simcse",
+  "simskip": "methods.simskip",
+  "multitask": "methods.multitask",
+  "coca": "methods.multitask",
 }
 
 

@@ -1,15 +1,17 @@
 """What every method provides to the trainer, and the pieces methods share."""
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from train import mesh as mesh_lib
+from parallel import mesh as mesh_lib
 
 # (rng, sample_batch) -> (params, model_state, extra)
 InitFn = Callable[[jax.Array, dict], tuple[Any, Any, Any]]

@@ -12,6 +12,7 @@
   also freezes it (run in inference mode, only the text projection trains), else it is fine-tuned.
 config.loss.mode picks how the N x N logits are covered: dense | chunked | ring (same value and gradients).
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+import checkpointing
 import losses
 import models
 from methods import image_text, pretrained
@@ -31,9 +33,14 @@ def two_tower(model_config):
   """The TwoTower module of config.model: image / text encoders by registry name, projections, logit scale."""
   image, text = model_config.image.to_dict(), model_config.text.to_dict()
   return models.get("two_tower")(
-      image_encoder=image.pop("name"), image_kwargs=image, text_encoder=text.pop("name"), text_kwargs=text,
-      embed_dim=model_config.embed_dim, logit_scale_init=model_config.logit_scale_init,
-      logit_bias_init=model_config.get("logit_bias_init", None))
+    image_encoder=image.pop("name"),
+    image_kwargs=image,
+    text_encoder=text.pop("name"),
+    text_kwargs=text,
+    embed_dim=model_config.embed_dim,
+    logit_scale_init=model_config.logit_scale_init,
+    logit_bias_init=model_config.get("logit_bias_init", None),
+  )
 
 
 def model_variables(params, model_state) -> dict:
@@ -42,27 +49,13 @@ def model_variables(params, model_state) -> dict:
   return {"params": {**params, **locked}, **{k: v for k, v in model_state.items() if k != "locked"}}
 
 
-def load_locked_tower(workdir: str, key: str) -> tuple[dict, dict]:
-  """(params, batch_stats) subtrees named `key` of the latest checkpoint in `workdir` (batch_stats {} if none)."""
-  from train import checkpoint as ckpt_lib
-  checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
-  step = checkpointer.latest_step()
-  if step is None:
-    checkpointer.close()
-    raise FileNotFoundError(f"LiT: no checkpoint in {workdir!r} (config.model.image_checkpoint).")
-  state = checkpointer.manager.restore(step)["state"]
-  checkpointer.close()
-  if key not in state["params"]:
-    raise ValueError(f"LiT: checkpoint {workdir!r} has no params[{key!r}]; it has {sorted(state['params'])}.")
-  stats = (state.get("model_state") or {}).get("batch_stats", {}).get(key, {})
-  return state["params"][key], stats
-
-
 def _check_same_shapes(name: str, loaded, expected) -> None:
   shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
   if shapes(loaded) != shapes(expected):
-    raise ValueError(f"LiT: the checkpointed {name} does not match config.model.image: got {shapes(loaded)}, "
-                     f"expected {shapes(expected)}.")
+    raise ValueError(
+      f"LiT: the checkpointed {name} does not match config.model.image: got {shapes(loaded)}, "
+      f"expected {shapes(expected)}."
+    )
 
 
 def with_hard_negatives(batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -89,12 +82,14 @@ def build(config, mesh: Mesh) -> Method:
   sigmoid = loss_name == "siglip_loss"
   if sigmoid and config.model.get("logit_bias_init", None) is None:
     raise ValueError("siglip_loss needs a learnable bias: set config.model.logit_bias_init (SigLIP uses -10).")
-  image_tower = (load_locked_tower(config.model.image_checkpoint, config.model.image_checkpoint_key)
-                 if lock_image else None)
+  image_tower = (
+    checkpointing.load_tower(config.model.image_checkpoint, config.model.image_checkpoint_key) if lock_image else None
+  )
 
   def init(rng, batch):
-    variables = dict(model.init(rng, normalize_images(batch["image"][:2], mean, std), batch["caption"][:2],
-                                train=False))
+    variables = dict(
+      model.init(rng, normalize_images(batch["image"][:2], mean, std), batch["caption"][:2], train=False)
+    )
     params = pretrained.load_into(config.get("pretrained"), dict(variables.pop("params")))
     if lock_image:
       tower_params, tower_stats = image_tower
@@ -117,11 +112,18 @@ def build(config, mesh: Mesh) -> Method:
       image_emb = model.apply(variables, images, train=False, method="encode_image")
       new_state = model_state
     else:
-      image_emb, updates = model.apply(variables, images, train=True, method="encode_image",
-                                       mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(rng, 0)})
+      image_emb, updates = model.apply(
+        variables,
+        images,
+        train=True,
+        method="encode_image",
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.fold_in(rng, 0)},
+      )
       new_state = {**model_state, **updates}
-    text_emb = model.apply(variables, captions, train=not lock_text, method="encode_text",
-                           rngs={"dropout": jax.random.fold_in(rng, 1)})
+    text_emb = model.apply(
+      variables, captions, train=not lock_text, method="encode_text", rngs={"dropout": jax.random.fold_in(rng, 1)}
+    )
     return image_emb, text_emb, new_state
 
   def loss_fn(params, model_state, extra, batch, rng):
@@ -133,8 +135,12 @@ def build(config, mesh: Mesh) -> Method:
     return value, (new_state, extra, {"loss": value, **scalars})
 
   def embed_fn(params, model_state, batch) -> jax.Array:
-    return model.apply(model_variables(params, model_state), normalize_images(batch["image"], mean, std),
-                       train=False, method="encode_image")
+    return model.apply(
+      model_variables(params, model_state),
+      normalize_images(batch["image"], mean, std),
+      train=False,
+      method="encode_image",
+    )
 
   def embed_text(params, model_state, batch) -> jax.Array:
     return model.apply(model_variables(params, model_state), batch["caption"], train=False, method="encode_text")
@@ -142,7 +148,10 @@ def build(config, mesh: Mesh) -> Method:
   def evaluate(config, state, mesh) -> dict:
     image_fn, text_fn = jax.jit(embed_fn), jax.jit(embed_text)
     return image_text.zero_shot_and_retrieval(
-        config, mesh, lambda b: image_fn(state.params, state.model_state, b),
-        lambda b: text_fn(state.params, state.model_state, b))
+      config,
+      mesh,
+      lambda b: image_fn(state.params, state.model_state, b),
+      lambda b: text_fn(state.params, state.model_state, b),
+    )
 
   return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate, embed_text_fn=embed_text)

@@ -6,6 +6,7 @@ so both are checkpointed and restored with it. The queue is updated in the loss 
 oldest N are replaced, K a multiple of the global batch N); the EMA after each optimizer update:
 key_params <- m key_params + (1 - m) params.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,13 +54,14 @@ def build(config, mesh: Mesh) -> Method:
     return params, dict(variables), extra
 
   def loss_fn(params, model_state, extra, batch, rng):
-    views = normalize_images(augment_jax.multi_view(jax.random.fold_in(rng, 0), batch["image"], 2, **augment),
-                             mean, std)
-    (_, q), new_state = model.apply({"params": params, **model_state}, views[0], train=True,
-                                    mutable=list(model_state))
+    views = normalize_images(
+      augment_jax.multi_view(jax.random.fold_in(rng, 0), batch["image"], 2, **augment), mean, std
+    )
+    (_, q), new_state = model.apply({"params": params, **model_state}, views[0], train=True, mutable=list(model_state))
     # Keys: the momentum encoder on the other view; batch statistics of this batch, running averages not kept.
-    (_, k), _ = model.apply({"params": extra["key_params"], **model_state}, views[1], train=True,
-                            mutable=list(model_state))
+    (_, k), _ = model.apply(
+      {"params": extra["key_params"], **model_state}, views[1], train=True, mutable=list(model_state)
+    )
     k = jax.lax.stop_gradient(losses.l2_normalize(k))
     bound = dict(queue=extra["queue"], **({"rng": jax.random.fold_in(rng, 1)} if loss_name == "mochi" else {}))
     value = on_mesh(functools.partial(contrastive, **bound), mesh, num_inputs=2, **hyper)(q, k)
@@ -71,8 +73,9 @@ def build(config, mesh: Mesh) -> Method:
     return {**extra, "key_params": ema(extra["key_params"], params, momentum)}
 
   def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply({"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False,
-                       project=False)
+    h, _ = model.apply(
+      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, project=False
+    )
     return h
 
   return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update)

@@ -11,10 +11,11 @@ CoCa (Yu et al. 2022) is the text tower + caption decoder with clip + caption te
 image tokens and greedy-decodes captions at evaluation. Contrastive and classification heads see the clean image,
 the SimCLR head its two augmented views.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -32,14 +33,15 @@ from methods.base import Method, normalize_images, on_mesh
 
 class MultiTaskModel(nn.Module):
   """Shared image encoder (registry name + kwargs) and the optional heads of the module docstring."""
+
   image: dict
-  projection: Optional[dict] = None
-  text: Optional[dict] = None
+  projection: dict | None = None
+  text: dict | None = None
   embed_dim: int = 64
   logit_scale_init: float = math.log(1 / 0.07)
-  logit_bias_init: Optional[float] = None
+  logit_bias_init: float | None = None
   num_classes: int = 0
-  decoder: Optional[dict] = None
+  decoder: dict | None = None
 
   def setup(self):
     image = dict(self.image)
@@ -127,10 +129,16 @@ def model_from_config(config) -> MultiTaskModel:
   """The model of config.model; a head is enabled by its entry (projection, text, decoder, num_classes > 0)."""
   m = config.model
   head = lambda key: m[key].to_dict() if m.get(key) is not None else None
-  return MultiTaskModel(image=m.image.to_dict(), projection=head("projection"), text=head("text"),
-                        embed_dim=m.get("embed_dim", 64), logit_scale_init=m.get("logit_scale_init", 2.6593),
-                        logit_bias_init=m.get("logit_bias_init", None), num_classes=m.get("num_classes", 0),
-                        decoder=head("decoder"))
+  return MultiTaskModel(
+    image=m.image.to_dict(),
+    projection=head("projection"),
+    text=head("text"),
+    embed_dim=m.get("embed_dim", 64),
+    logit_scale_init=m.get("logit_scale_init", 2.6593),
+    logit_bias_init=m.get("logit_bias_init", None),
+    num_classes=m.get("num_classes", 0),
+    decoder=head("decoder"),
+  )
 
 
 def build(config, mesh: Mesh) -> Method:
@@ -151,9 +159,15 @@ def build(config, mesh: Mesh) -> Method:
     if model.projection:  # the clean image and two SimCLR views, example-major: [B * 3, S, S, 3]
       augmented = augment_jax.multi_view(jax.random.fold_in(rng, 0), images, 2, **augment)
       images = _example_major(jnp.concatenate([(images.astype(jnp.float32) / 255.0)[None], augmented]))
-    out, new_state = model.apply({"params": params, **model_state}, normalize_images(images, mean, std),
-                                 batch.get("caption"), train=True, views=views, mutable=list(model_state),
-                                 rngs={"dropout": jax.random.fold_in(rng, 1)})
+    out, new_state = model.apply(
+      {"params": params, **model_state},
+      normalize_images(images, mean, std),
+      batch.get("caption"),
+      train=True,
+      views=views,
+      mutable=list(model_state),
+      rngs={"dropout": jax.random.fold_in(rng, 1)},
+    )
     outputs = {k: v for k, v in out.items() if k != "features"}
     if model.text:
       outputs["logit_scale"] = jnp.minimum(outputs["logit_scale"], max_scale)
@@ -169,8 +183,9 @@ def build(config, mesh: Mesh) -> Method:
     return value, (dict(new_state), extra, metrics)
 
   def features(params, model_state, batch):
-    return model.apply({"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False,
-                       method="encode")
+    return model.apply(
+      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, method="encode"
+    )
 
   def embed_fn(params, model_state, batch) -> jax.Array:
     return features(params, model_state, batch)[0]
@@ -183,8 +198,13 @@ def build(config, mesh: Mesh) -> Method:
 
   # Only a projection head (SimCLR + regularisers): the trainer's kNN / linear probe of the shared encoder.
   has_eval_heads = bool(model.text or model.num_classes or model.decoder)
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate if has_eval_heads else None,
-                embed_text_fn=embed_text if model.text else None)
+  return Method(
+    init=init,
+    loss_fn=loss_fn,
+    embed_fn=embed_fn,
+    evaluate=evaluate if has_eval_heads else None,
+    embed_text_fn=embed_text if model.text else None,
+  )
 
 
 def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict:
@@ -194,8 +214,9 @@ def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict
   """
   import evaluators
   import input_pipeline
-  from input_pipeline import tokenizers
-  from train import mesh as mesh_lib
+  import tokenization as tokenizers
+  from parallel import mesh as mesh_lib
+
   variables = {"params": state.params, **state.model_state}
   results = {}
   pooled = lambda b: features(state.params, state.model_state, b)[0]
@@ -206,24 +227,36 @@ def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict
   test = input_pipeline.load_split(config.data, "test")
   sharding = mesh_lib.batch_sharding(mesh)
   if model.num_classes:
-    logits = evaluators.embed_arrays(jax.jit(lambda b: model.apply(variables, pooled(b), method="classify")),
-                                     {"image": test["image"]}, batch_size=config.eval.batch_size, sharding=sharding)
+    logits = evaluators.embed_arrays(
+      jax.jit(lambda b: model.apply(variables, pooled(b), method="classify")),
+      {"image": test["image"]},
+      batch_size=config.eval.batch_size,
+      sharding=sharding,
+    )
     results["classifier_accuracy"] = float(np.mean(np.argmax(logits, -1) == test["label"]))
   if model.decoder:
     tokenizer = tokenizers.get(config.data.tokenizer, config.data.get("tokenizer_path", ""))
     decoder = models.get("caption_decoder")(**model.decoder)
     max_len = config.data.get("max_text_len", 64)
-    decode = jax.jit(lambda b: decoder.greedy_decode(state.params["caption_decoder"],
-                                                     features(state.params, state.model_state, b)[1], max_len,
-                                                     tokenizer.bos_id, tokenizer.eos_id))
+    decode = jax.jit(
+      lambda b: decoder.greedy_decode(
+        state.params["caption_decoder"],
+        features(state.params, state.model_state, b)[1],
+        max_len,
+        tokenizer.bos_id,
+        tokenizer.eos_id,
+      )
+    )
     n = config.eval.get("caption_examples", 256)
-    tokens = evaluators.embed_arrays(decode, {"image": test["image"][:n]}, batch_size=config.eval.batch_size,
-                                     sharding=sharding)
+    tokens = evaluators.embed_arrays(
+      decode, {"image": test["image"][:n]}, batch_size=config.eval.batch_size, sharding=sharding
+    )
     captions = tokenizer.decode(tokens)
     results["caption_exact_match"] = float(np.mean([c == t for c, t in zip(captions, test["caption"][:n])]))
     if "label" in test:
       names = image_text.class_names(config)
-      results["caption_names_class"] = float(np.mean(
-          [f" {names[y]} " in f" {c} " for c, y in zip(captions, test["label"][:n])]))
+      results["caption_names_class"] = float(
+        np.mean([f" {names[y]} " in f" {c} " for c, y in zip(captions, test["label"][:n])])
+      )
     results["caption_samples"] = [f"{c}  (true: {t})" for c, t in zip(captions[:4], test["caption"][:4])]
   return results

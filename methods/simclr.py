@@ -1,4 +1,5 @@
 """SimCLR (Chen et al. 2020): two augmented views per image, encoder + projection MLP, NT-Xent over the global batch."""
+
 from __future__ import annotations
 
 
@@ -15,6 +16,7 @@ from methods.base import Method, compose_loss, normalize_images, on_mesh
 
 class EncoderWithHead(nn.Module):
   """Backbone features h = f(x) [B, F] and projections z = g(h) [B, D]."""
+
   backbone: dict
   head: dict
 
@@ -65,9 +67,16 @@ def build(config, mesh: Mesh) -> Method:
     return value, (extra, {"loss": value})
 
   def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply({"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False,
-                       project=False)
+    h, _ = model.apply(
+      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, project=False
+    )
     return h
 
-  return Method(init=init, loss_fn=compose_loss(prepare_fn, encode_fn, embedding_loss_fn), embed_fn=embed_fn,
-                prepare_fn=prepare_fn, encode_fn=encode_fn, embedding_loss_fn=embedding_loss_fn)
+  return Method(
+    init=init,
+    loss_fn=compose_loss(prepare_fn, encode_fn, embedding_loss_fn),
+    embed_fn=embed_fn,
+    prepare_fn=prepare_fn,
+    encode_fn=encode_fn,
+    embedding_loss_fn=embedding_loss_fn,
+  )

@@ -12,6 +12,7 @@ positive is the other row of its sentence, every other row is a negative):
 Evaluation: STS Spearman on config.eval.sts_path (score<TAB>s1<TAB>s2) when set, else kNN + linear probe of the
 test split's sentence embeddings against its labels (the shapes captions).
 """
+
 from __future__ import annotations
 
 import jax
@@ -42,8 +43,9 @@ def build(config, mesh: Mesh) -> Method:
   model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
   hyper = config.loss.to_dict()
   if hyper.pop("name") != "supcon":
-    raise ValueError(f"SimCSE's loss is supcon over sentence-labelled rows; set loss.name='supcon', "
-                     f"got {config.loss.name!r}.")
+    raise ValueError(
+      f"SimCSE's loss is supcon over sentence-labelled rows; set loss.name='supcon', got {config.loss.name!r}."
+    )
   queue_size, momentum = config.simcse.queue_size, config.simcse.momentum
   if queue_size and queue_size % config.batch_size:
     raise ValueError(f"simcse.queue_size={queue_size} must be a multiple of batch_size={config.batch_size}.")
@@ -59,8 +61,9 @@ def build(config, mesh: Mesh) -> Method:
     return params, dict(variables), extra
 
   def encode(params, model_state, tokens, rng):
-    (_, z), _ = model.apply({"params": params, **model_state}, tokens, train=True, rngs={"dropout": rng},
-                            mutable=list(model_state))
+    (_, z), _ = model.apply(
+      {"params": params, **model_state}, tokens, train=True, rngs={"dropout": rng}, mutable=list(model_state)
+    )
     return z
 
   def loss_fn(params, model_state, extra, batch, rng):
@@ -92,8 +95,9 @@ def build(config, mesh: Mesh) -> Method:
   def evaluate(config, state, mesh) -> dict:
     return sentence_evaluation(config, mesh, jax.jit(lambda b: embed_fn(state.params, state.model_state, b)))
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update, evaluate=evaluate,
-                embed_text_fn=embed_fn)
+  return Method(
+    init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update, evaluate=evaluate, embed_text_fn=embed_fn
+  )
 
 
 def sentence_evaluation(config, mesh, embed) -> dict:
@@ -104,11 +108,15 @@ def sentence_evaluation(config, mesh, embed) -> dict:
   import evaluators
   import input_pipeline
   from methods import image_text
-  from train import mesh as mesh_lib
+  from parallel import mesh as mesh_lib
 
   def embed_texts(texts) -> np.ndarray:
-    return evaluators.embed_arrays(embed, {"text": image_text.tokenize(config, texts)},
-                                   batch_size=config.eval.batch_size, sharding=mesh_lib.batch_sharding(mesh))
+    return evaluators.embed_arrays(
+      embed,
+      {"text": image_text.tokenize(config, texts)},
+      batch_size=config.eval.batch_size,
+      sharding=mesh_lib.batch_sharding(mesh),
+    )
 
   if config.eval.get("sts_path", ""):
     scores, first, second = evaluators.load_sts_tsv(config.eval.sts_path)
@@ -120,7 +128,18 @@ def sentence_evaluation(config, mesh, embed) -> dict:
   test_x, test_y = embed_texts(splits["test"][key]), splits["test"]["label"]
   num_classes = config.data.num_classes
   probe = evaluators.linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=config.seed)
-  return {"chance": 1.0 / num_classes, "linear_probe_accuracy": float(probe["accuracy"]),
-          "knn_accuracy": float(evaluators.knn_accuracy(train_x, train_y, test_x, test_y, k=config.eval.knn_k,
-                                                        temperature=config.eval.knn_temperature,
-                                                        num_classes=num_classes))}
+  return {
+    "chance": 1.0 / num_classes,
+    "linear_probe_accuracy": float(probe["accuracy"]),
+    "knn_accuracy": float(
+      evaluators.knn_accuracy(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        k=config.eval.knn_k,
+        temperature=config.eval.knn_temperature,
+        num_classes=num_classes,
+      )
+    ),
+  }

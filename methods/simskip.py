@@ -18,6 +18,7 @@ The evaluation compares the refined embeddings with their inputs on the same dow
 on the labels, or STS Spearman (config.eval.sts_path, with config.eval.sts_embeddings holding the [N, 2, D]
 embeddings of its sentence pairs, or, when that is empty, its sentences tokenized and put through the text tower).
 """
+
 from __future__ import annotations
 
 import jax
@@ -28,7 +29,7 @@ from jax.sharding import Mesh
 import losses
 import models
 from methods.base import Method, normalize_images, on_mesh
-from methods.clip import load_locked_tower
+import checkpointing
 from methods.simclr import EncoderWithHead
 
 
@@ -62,11 +63,12 @@ def input_encoder(views) -> tuple[object, dict] | tuple[None, None]:
   if views.get("text_tower", ""):
     from methods import pretrained
     from models import convert
+
     tower, params = convert.load_bert(pretrained.resolve_path(views.text_tower))
     return tower, {"params": jax.tree.map(jnp.asarray, params)}
   if views.get("encoder_checkpoint", ""):
     encoder = views.encoder.to_dict()
-    params, stats = load_locked_tower(views.encoder_checkpoint, views.encoder_checkpoint_key)
+    params, stats = checkpointing.load_tower(views.encoder_checkpoint, views.encoder_checkpoint_key)
     variables = {"params": jax.tree.map(jnp.asarray, params)}
     if stats:
       variables["batch_stats"] = jax.tree.map(jnp.asarray, stats)
@@ -103,15 +105,15 @@ def build(config, mesh: Mesh) -> Method:
   def loss_fn(params, model_state, extra, batch, rng):
     x = jax.lax.stop_gradient(features(model_state, batch))
     pair = jnp.concatenate([noisy_view(jax.random.fold_in(rng, v), x, views.dropout, views.noise) for v in range(2)])
-    (h, z), new_state = model.apply({"params": params, **own(model_state)}, pair, train=True,
-                                    project=views.project, mutable=list(own(model_state)))
+    (h, z), new_state = model.apply(
+      {"params": params, **own(model_state)}, pair, train=True, project=views.project, mutable=list(own(model_state))
+    )
     z1, z2 = jnp.split(z if views.project else h, 2)
     value = loss(z1, z2)
     return value, ({**model_state, **new_state}, extra, {"loss": value})
 
   def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply({"params": params, **own(model_state)}, features(model_state, batch), train=False,
-                       project=False)
+    h, _ = model.apply({"params": params, **own(model_state)}, features(model_state, batch), train=False, project=False)
     return h
 
   def evaluate(config, state, mesh) -> dict:
@@ -130,11 +132,12 @@ def compare_with_inputs(config, mesh, inputs, refine) -> dict:
   """
   import evaluators
   import input_pipeline
-  from train import mesh as mesh_lib
+  from parallel import mesh as mesh_lib
 
   def embed(fn, arrays):
-    return evaluators.embed_arrays(fn, arrays, batch_size=config.eval.batch_size,
-                                   sharding=mesh_lib.batch_sharding(mesh))
+    return evaluators.embed_arrays(
+      fn, arrays, batch_size=config.eval.batch_size, sharding=mesh_lib.batch_sharding(mesh)
+    )
 
   def input_and_refined(arrays):
     x = embed(inputs, arrays)
@@ -150,6 +153,7 @@ def compare_with_inputs(config, mesh, inputs, refine) -> dict:
       sides = [{"embedding": pairs[:, i]} for i in range(2)]
     else:
       from methods import image_text
+
       sides = [{"text": image_text.tokenize(config, sentences)} for sentences in (first, second)]
     a, b = (input_and_refined(side) for side in sides)
     return {f"{name}_sts_spearman": evaluators.sts_spearman(a[name], b[name], scores) for name in a}
@@ -162,10 +166,17 @@ def compare_with_inputs(config, mesh, inputs, refine) -> dict:
   num_classes = config.data.num_classes
   results["chance"] = 1.0 / num_classes
   for name in train:
-    probe = evaluators.linear_probe(train[name], train_y, test[name], test_y, num_classes=num_classes,
-                                    seed=config.seed)
+    probe = evaluators.linear_probe(train[name], train_y, test[name], test_y, num_classes=num_classes, seed=config.seed)
     results[f"{name}_linear_probe_accuracy"] = float(probe["accuracy"])
-    results[f"{name}_knn_accuracy"] = float(evaluators.knn_accuracy(
-        train[name], train_y, test[name], test_y, k=config.eval.knn_k, temperature=config.eval.knn_temperature,
-        num_classes=num_classes))
+    results[f"{name}_knn_accuracy"] = float(
+      evaluators.knn_accuracy(
+        train[name],
+        train_y,
+        test[name],
+        test_y,
+        k=config.eval.knn_k,
+        temperature=config.eval.knn_temperature,
+        num_classes=num_classes,
+      )
+    )
   return results

@@ -2,6 +2,7 @@
 same class in the global batch (SupCon L_out), encoder + projection MLP; evaluated by the trainer's linear probe
 (and kNN) on frozen encoder features, as in the paper's two-stage protocol.
 """
+
 from __future__ import annotations
 
 import jax
@@ -39,8 +40,9 @@ def build(config, mesh: Mesh) -> Method:
     return value, (dict(new_state), extra, {"loss": value})
 
   def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply({"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False,
-                       project=False)
+    h, _ = model.apply(
+      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, project=False
+    )
     return h
 
   return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn)

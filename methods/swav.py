@@ -8,6 +8,7 @@ layer of learnable prototypes; optional queue of past embeddings; prototypes fro
   it is full and `swav.queue_start_step` is reached, their prototype scores join the Sinkhorn step (codes only).
 extra["step"] counts the applied updates (the loss cannot see the TrainState step).
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,16 +44,24 @@ def build(config, mesh: Mesh) -> Method:
   if hyper.pop("name") != "swav":
     raise ValueError(f"The swav method needs loss.name='swav', got {config.loss.name!r}.")
   swav = config.swav
-  crop = dict(num_small=swav.num_small_crops, large_size=config.data.image_size, small_size=swav.small_size,
-              large_scale=tuple(swav.large_scale), small_scale=tuple(swav.small_scale), **config.augment.to_dict())
+  crop = dict(
+    num_small=swav.num_small_crops,
+    large_size=config.data.image_size,
+    small_size=swav.small_size,
+    large_scale=tuple(swav.large_scale),
+    small_scale=tuple(swav.small_scale),
+    **config.augment.to_dict(),
+  )
   queue_size = swav.queue_size
   sharded_loss = functools.partial(on_mesh, _swav_example_major, mesh, **hyper)
 
   def init(rng, batch):
     enc_rng, proto_rng = jax.random.split(rng)
     variables = dict(encoder.init(enc_rng, normalize_images(batch["image"][:2], mean, std), train=False))
-    params = {"encoder": variables.pop("params"),
-              "prototypes": prototypes.init(proto_rng, jnp.zeros((1, config.head.out_dim)), train=False)["params"]}
+    params = {
+      "encoder": variables.pop("params"),
+      "prototypes": prototypes.init(proto_rng, jnp.zeros((1, config.head.out_dim)), train=False)["params"],
+    }
     params["prototypes"] = normalize_prototypes(params["prototypes"])
     extra = {"step": jnp.zeros((), jnp.int32)}
     if queue_size:
@@ -65,8 +74,12 @@ def build(config, mesh: Mesh) -> Method:
     state = model_state
     embeddings = []
     for views in (large, small):  # one encoder pass per crop size
-      (_, z), state = encoder.apply({"params": params["encoder"], **state}, normalize_images(
-          _example_major(views), mean, std), train=True, mutable=list(model_state))
+      (_, z), state = encoder.apply(
+        {"params": params["encoder"], **state},
+        normalize_images(_example_major(views), mean, std),
+        train=True,
+        mutable=list(model_state),
+      )
       embeddings.append(z.reshape((-1, views.shape[0]) + z.shape[1:]))
     frozen = extra["step"] < swav.freeze_prototypes_steps
     proto_params = jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), params["prototypes"])
@@ -76,10 +89,13 @@ def build(config, mesh: Mesh) -> Method:
     if queue_size:
       queue_scores = jax.lax.stop_gradient(score(extra["queue"]))
       use_queue = (extra["queue_count"] >= queue_size) & (extra["step"] >= swav.queue_start_step)
-      value = jax.lax.cond(use_queue, lambda: sharded_loss(num_inputs=3)(high, low, queue_scores),
-                           lambda: sharded_loss(num_inputs=2)(high, low))
+      value = jax.lax.cond(
+        use_queue,
+        lambda: sharded_loss(num_inputs=3)(high, low, queue_scores),
+        lambda: sharded_loss(num_inputs=2)(high, low),
+      )
       new = jax.lax.stop_gradient(embeddings[0])
-      new_extra["queue"] = jnp.concatenate([new, extra["queue"][:-new.shape[0]]])
+      new_extra["queue"] = jnp.concatenate([new, extra["queue"][: -new.shape[0]]])
       new_extra["queue_count"] = jnp.minimum(extra["queue_count"] + new.shape[0], queue_size)
     else:
       value = sharded_loss(num_inputs=2)(high, low)
@@ -94,9 +110,12 @@ def build(config, mesh: Mesh) -> Method:
     return {**params, "prototypes": normalize_prototypes(params["prototypes"])}
 
   def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = encoder.apply({"params": params["encoder"], **model_state}, normalize_images(batch["image"], mean, std),
-                         train=False, project=False)
+    h, _ = encoder.apply(
+      {"params": params["encoder"], **model_state},
+      normalize_images(batch["image"], mean, std),
+      train=False,
+      project=False,
+    )
     return h
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update,
-                project_params=project_params)
+  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update, project_params=project_params)

@@ -4,6 +4,7 @@ Encoders map a batch to pooled float32 features, `__call__(x, *, train) -> [B, D
 embeddings with the same signature. `models.names()` lists what is registered. Pretrained BERT-family sentence
 encoders (all-MiniLM-L6-v2) load with `models.convert.load_bert(dir)`.
 """
+
 from models.registry import get, names, register
 from models import bert, decoder, heads, resnet, text, two_tower, vit  # noqa: F401,E402  (importing a module registers its models)
 

@@ -1,7 +1,8 @@
 """BERT encoder (Devlin et al., 2019) as used by sentence-transformers (e.g. all-MiniLM-L6-v2): word + absolute
 position + token-type embeddings, post-LN transformer blocks with exact GELU, mean pooling over non-pad tokens.
 `models.convert.load_bert` fills it from a Hugging Face checkpoint."""
-from typing import Any, Optional
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -13,40 +14,49 @@ from models.transformer import Transformer, is_deterministic
 
 @register("bert")
 class Bert(nn.Module):
-    """`__call__(tokens int32 [B, L], *, train, token_types=None) -> [B, width]` float32 mean of the final hidden
-    states over the non-pad (id 0) tokens; pad tokens are also masked out of attention. `return_tokens=True`
-    returns `(pooled, hidden [B, L, width])`. Defaults are all-MiniLM-L6-v2's sizes (BERT-base: width 768, depth 12,
-    mlp_dim 3072). Dropout as in the text transformer: only with train=True and a "dropout" rng.
-    """
-    vocab_size: int = 30522
-    max_positions: int = 512
-    type_vocab_size: int = 2
-    width: int = 384
-    depth: int = 6
-    num_heads: int = 12
-    mlp_dim: Optional[int] = 1536
-    layer_norm_epsilon: float = 1e-12
-    dropout_rate: float = 0.1
-    remat: bool = False
-    dtype: Any = jnp.float32
+  """`__call__(tokens int32 [B, L], *, train, token_types=None) -> [B, width]` float32 mean of the final hidden
+  states over the non-pad (id 0) tokens; pad tokens are also masked out of attention. `return_tokens=True`
+  returns `(pooled, hidden [B, L, width])`. Defaults are all-MiniLM-L6-v2's sizes (BERT-base: width 768, depth 12,
+  mlp_dim 3072). Dropout as in the text transformer: only with train=True and a "dropout" rng.
+  """
 
-    @nn.compact
-    def __call__(self, tokens, *, train: bool, token_types=None, return_tokens: bool = False):
-        length = tokens.shape[1]
-        if length > self.max_positions:
-            raise ValueError(f"{length} tokens per row, more than max_positions={self.max_positions}")
-        token_types = jnp.zeros_like(tokens) if token_types is None else token_types
-        embed = lambda n, name: nn.Embed(n, self.width, embedding_init=nn.initializers.normal(0.02),
-                                         dtype=self.dtype, name=name)
-        x = embed(self.vocab_size, "token_embed")(tokens) + embed(self.type_vocab_size, "type_embed")(token_types)
-        pos = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_positions, self.width))
-        x = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="ln_embed")(x + pos[:length].astype(x.dtype))
-        deterministic = is_deterministic(self, train, self.dropout_rate)
-        x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
-        valid = tokens != PAD_ID
-        x = Transformer(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dropout_rate,
-                        norm_first=False, layer_norm_epsilon=self.layer_norm_epsilon, remat=self.remat,
-                        dtype=self.dtype, name="encoder")(x, nn.make_attention_mask(valid, valid),
-                                                          deterministic=deterministic)
-        pooled = mean_pool(x, valid)
-        return (pooled, x) if return_tokens else pooled
+  vocab_size: int = 30522
+  max_positions: int = 512
+  type_vocab_size: int = 2
+  width: int = 384
+  depth: int = 6
+  num_heads: int = 12
+  mlp_dim: int | None = 1536
+  layer_norm_epsilon: float = 1e-12
+  dropout_rate: float = 0.1
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, *, train: bool, token_types=None, return_tokens: bool = False):
+    length = tokens.shape[1]
+    if length > self.max_positions:
+      raise ValueError(f"{length} tokens per row, more than max_positions={self.max_positions}")
+    token_types = jnp.zeros_like(tokens) if token_types is None else token_types
+    embed = lambda n, name: nn.Embed(
+      n, self.width, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype, name=name
+    )
+    x = embed(self.vocab_size, "token_embed")(tokens) + embed(self.type_vocab_size, "type_embed")(token_types)
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_positions, self.width))
+    x = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="ln_embed")(x + pos[:length].astype(x.dtype))
+    deterministic = is_deterministic(self, train, self.dropout_rate)
+    x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
+    valid = tokens != PAD_ID
+    x = Transformer(
+      self.depth,
+      self.num_heads,
+      self.mlp_dim or 4 * self.width,
+      self.dropout_rate,
+      norm_first=False,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      remat=self.remat,
+      dtype=self.dtype,
+      name="encoder",
+    )(x, nn.make_attention_mask(valid, valid), deterministic=deterministic)
+    pooled = mean_pool(x, valid)
+    return (pooled, x) if return_tokens else pooled

@@ -3,8 +3,10 @@
 `resnet18_cifar` has the layer shapes of the peers' torch `ResNet18Cifar` (../shared/peers/resnet_cifar_torch.py):
 11,168,832 parameters including BatchNorm scales and biases.
 """
+
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,54 +19,63 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs; the residual branch ends in a BN whose scale starts at zero when `zero_init_residual`."""
-    features: int
-    strides: int
-    zero_init_residual: bool
-    conv: Any
-    norm: Any
+  """Two 3x3 convs; the residual branch ends in a BN whose scale starts at zero when `zero_init_residual`."""
 
-    @nn.compact
-    def __call__(self, x):
-        y = self.conv(self.features, 3, self.strides, name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
-        y = self.conv(self.features, 3, 1, name="conv2")(y)
-        y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones)(y)
-        return nn.relu(y + _shortcut(self, x, self.features))
+  features: int
+  strides: int
+  zero_init_residual: bool
+  conv: Any
+  norm: Any
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.features, 3, self.strides, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.features, 3, 1, name="conv2")(y)
+    y = self.norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones)(y)
+    return nn.relu(y + _shortcut(self, x, self.features))
 
 
 class BottleneckBlock(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand to 4x `features`."""
-    features: int
-    strides: int
-    zero_init_residual: bool
-    conv: Any
-    norm: Any
+  """1x1 reduce, 3x3 (strided), 1x1 expand to 4x `features`."""
 
-    @nn.compact
-    def __call__(self, x):
-        y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 1, 1, name="conv1")(x)))
-        y = nn.relu(self.norm(name="bn2")(self.conv(self.features, 3, self.strides, name="conv2")(y)))
-        y = self.conv(4 * self.features, 1, 1, name="conv3")(y)
-        y = self.norm(name="bn3", scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones)(y)
-        return nn.relu(y + _shortcut(self, x, 4 * self.features))
+  features: int
+  strides: int
+  zero_init_residual: bool
+  conv: Any
+  norm: Any
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 1, 1, name="conv1")(x)))
+    y = nn.relu(self.norm(name="bn2")(self.conv(self.features, 3, self.strides, name="conv2")(y)))
+    y = self.conv(4 * self.features, 1, 1, name="conv3")(y)
+    y = self.norm(name="bn3", scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones)(y)
+    return nn.relu(y + _shortcut(self, x, 4 * self.features))
 
 
 def _shortcut(block: nn.Module, x, features: int):
-    """Identity, or a strided 1x1 conv + BN when the shape changes (torch's `downsample`)."""
-    if block.strides == 1 and x.shape[-1] == features:
-        return x
-    x = block.conv(features, 1, block.strides, name="proj_conv")(x)
-    return block.norm(name="proj_bn")(x)
+  """Identity, or a strided 1x1 conv + BN when the shape changes (torch's `downsample`)."""
+  if block.strides == 1 and x.shape[-1] == features:
+    return x
+  x = block.conv(features, 1, block.strides, name="proj_conv")(x)
+  return block.norm(name="proj_bn")(x)
 
 
 def _conv(features: int, kernel_size: int, strides: int, *, name: str, dtype, impl: str = "xla") -> nn.Module:
-    """Bias-free k x k conv padded (k-1)//2 on every side as torch pads; XLA's "SAME" would pad a stride-2 conv
-    of an even-sized input only at the end. `impl`: the lowering (models.conv), same parameters either way."""
-    pad = (kernel_size - 1) // 2
-    return conv_lib.get(impl)(features, (kernel_size, kernel_size), strides=(strides, strides),
-                              padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init, dtype=dtype,
-                              name=name)
+  """Bias-free k x k conv padded (k-1)//2 on every side as torch pads; XLA's "SAME" would pad a stride-2 conv
+  of an even-sized input only at the end. `impl`: the lowering (models.conv), same parameters either way."""
+  pad = (kernel_size - 1) // 2
+  return conv_lib.get(impl)(
+    features,
+    (kernel_size, kernel_size),
+    strides=(strides, strides),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=conv_init,
+    dtype=dtype,
+    name=name,
+  )
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
@@ -72,79 +83,87 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 @register("resnet")
 class ResNet(nn.Module):
-    """ResNet backbone: `__call__(x [B,H,W,3], *, train) -> [B, D]` globally average-pooled float32 features.
+  """ResNet backbone: `__call__(x [B,H,W,3], *, train) -> [B, D]` globally average-pooled float32 features.
 
-    D = width * 2**(len(stage_sizes) - 1), times 4 for bottleneck blocks. stem "imagenet": 7x7/2 conv + 3x3/2 max-pool;
-    "cifar": 3x3/1 conv, no pool. BatchNorm statistics live in the "batch_stats" collection; there is no
-    `axis_name`: under jit on globally sharded batches GSPMD already reduces them over the whole batch.
-    Params are float32, compute runs in `dtype`. `zero_init_residual` (Goyal et al., 2017) starts every residual
-    branch at zero; off by default, as in the torch peer.
-    """
-    stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    width: int = 64
-    block: str = "basic"
-    stem: str = "imagenet"
-    zero_init_residual: bool = False
-    bn_momentum: float = 0.9  # torch momentum 0.1
-    bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    # models.conv: "blocked" is faster on CPU hosts, on one or several devices; "auto" picks it on CPU only.
-    # Checkpoints are interchangeable between lowerings.
-    conv_impl: str = "xla"
+  D = width * 2**(len(stage_sizes) - 1), times 4 for bottleneck blocks. stem "imagenet": 7x7/2 conv + 3x3/2 max-pool;
+  "cifar": 3x3/1 conv, no pool. BatchNorm statistics live in the "batch_stats" collection; there is no
+  `axis_name`: under jit on globally sharded batches GSPMD already reduces them over the whole batch.
+  Params are float32, compute runs in `dtype`. `zero_init_residual` (Goyal et al., 2017) starts every residual
+  branch at zero; off by default, as in the torch peer.
+  """
 
-    @nn.compact
-    def __call__(self, x, *, train: bool):
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
-        conv = partial(_conv, dtype=self.dtype, impl=self.conv_impl)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype)
-        x = jnp.asarray(x, self.dtype)
-        if self.stem == "imagenet":
-            x = conv(self.width, 7, 2, name="stem_conv")(x)
-            x = nn.relu(norm(name="stem_bn")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        elif self.stem == "cifar":
-            x = conv(self.width, 3, 1, name="stem_conv")(x)
-            x = nn.relu(norm(name="stem_bn")(x))
-        else:
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
-        block_cls = BLOCKS[self.block]
-        for i, num_blocks in enumerate(self.stage_sizes):
-            for j in range(num_blocks):
-                x = block_cls(self.width * 2**i, strides=2 if i > 0 and j == 0 else 1,
-                              zero_init_residual=self.zero_init_residual, conv=conv, norm=norm,
-                              name=f"stage{i + 1}_block{j + 1}")(x)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  width: int = 64
+  block: str = "basic"
+  stem: str = "imagenet"
+  zero_init_residual: bool = False
+  bn_momentum: float = 0.9  # torch momentum 0.1
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  # models.conv: "blocked" is faster on CPU hosts, on one or several devices; "auto" picks it on CPU only.
+  # Checkpoints are interchangeable between lowerings.
+  conv_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    if self.block not in BLOCKS:
+      raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
+    conv = partial(_conv, dtype=self.dtype, impl=self.conv_impl)
+    norm = partial(
+      nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype
+    )
+    x = jnp.asarray(x, self.dtype)
+    if self.stem == "imagenet":
+      x = conv(self.width, 7, 2, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    elif self.stem == "cifar":
+      x = conv(self.width, 3, 1, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    else:
+      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+    block_cls = BLOCKS[self.block]
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        x = block_cls(
+          self.width * 2**i,
+          strides=2 if i > 0 and j == 0 else 1,
+          zero_init_residual=self.zero_init_residual,
+          conv=conv,
+          norm=norm,
+          name=f"stage{i + 1}_block{j + 1}",
+        )(x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 @register("resnet18")
 class ResNet18(ResNet):
-    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
 
 
 @register("resnet50")
 class ResNet50(ResNet):
-    stage_sizes: Sequence[int] = (3, 4, 6, 3)
-    block: str = "bottleneck"
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  block: str = "bottleneck"
 
 
 @register("resnet18_cifar")
 class ResNet18Cifar(ResNet):
-    stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    stem: str = "cifar"
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  stem: str = "cifar"
 
 
 @register("resnet50_cifar")
 class ResNet50Cifar(ResNet):
-    stage_sizes: Sequence[int] = (3, 4, 6, 3)
-    block: str = "bottleneck"
-    stem: str = "cifar"
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  block: str = "bottleneck"
+  stem: str = "cifar"
 
 
 @register("resnet_tiny_cifar")
 class ResNetTinyCifar(ResNet):
-    """One basic block per stage, 16 base channels: a CPU-test-sized ResNet (D = 128)."""
-    stage_sizes: Sequence[int] = (1, 1, 1, 1)
-    width: int = 16
-    stem: str = "cifar"
+  """One basic block per stage, 16 base channels: a CPU-test-sized ResNet (D = 128)."""
+
+  stage_sizes: Sequence[int] = (1, 1, 1, 1)
+  width: int = 16
+  stem: str = "cifar"

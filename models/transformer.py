@@ -1,4 +1,5 @@
 """The transformer block and encoder stack shared by the ViT, the text transformer and the BERT encoder."""
+
 from typing import Any
 
 import flax.linen as nn
@@ -8,87 +9,98 @@ import numpy as np
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016), elementwise.
+  """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016), elementwise.
 
-    Written out because `jax.nn.gelu(approximate=False)` lowers to a slower expression on XLA:CPU: forward + backward
-    of a [4096, 1024] array took 26 ms against 4.6 ms for this form (equal to 5e-7).
-    """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
+  Written out because `jax.nn.gelu(approximate=False)` lowers to a slower expression on XLA:CPU: forward + backward
+  of a [4096, 1024] array took 26 ms against 4.6 ms for this form (equal to 5e-7).
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
 
 
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> GELU (exact, erf) -> Dense(back to the input width)."""
-    mlp_dim: int
-    dtype: Any = jnp.float32
+  """Dense(mlp_dim) -> GELU (exact, erf) -> Dense(back to the input width)."""
 
-    @nn.compact
-    def __call__(self, x):
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                                         name=name)
-        y = gelu(dense(self.mlp_dim, "fc1")(x))
-        return dense(x.shape[-1], "fc2")(y)
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name=name)
+    y = gelu(dense(self.mlp_dim, "fc1")(x))
+    return dense(x.shape[-1], "fc2")(y)
 
 
 class TransformerBlock(nn.Module):
-    """Self-attention + MLP, each with a residual connection, LayerNorm before (`norm_first`, pre-LN: ViT, CLIP)
-    or after the residual sum (post-LN: BERT). `mask`: bool, broadcastable to [B, heads, L, L], True = attend.
-    With `cross_attention`, a pre-LN cross-attention to `context` [B, N, D_ctx] sits between the two (a captioning
-    decoder's block). Dropout on the attention probabilities and on each branch output, off when `deterministic`.
-    """
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    norm_first: bool = True
-    layer_norm_epsilon: float = 1e-6
-    cross_attention: bool = False
-    dtype: Any = jnp.float32
+  """Self-attention + MLP, each with a residual connection, LayerNorm before (`norm_first`, pre-LN: ViT, CLIP)
+  or after the residual sum (post-LN: BERT). `mask`: bool, broadcastable to [B, heads, L, L], True = attend.
+  With `cross_attention`, a pre-LN cross-attention to `context` [B, N, D_ctx] sits between the two (a captioning
+  decoder's block). Dropout on the attention probabilities and on each branch output, off when `deterministic`.
+  """
 
-    @nn.compact
-    def __call__(self, x, mask, deterministic: bool, context=None):
-        ln = lambda name: nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name=name)
-        attention = lambda name: nn.MultiHeadDotProductAttention(
-            self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, deterministic=deterministic, name=name)
-        mlp = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")
-        drop = nn.Dropout(self.dropout_rate, deterministic=deterministic)
-        if not self.norm_first:
-            if self.cross_attention:
-                raise ValueError("cross_attention needs norm_first=True")
-            x = ln("ln1")(x + drop(attention("attn")(x, mask=mask)))
-            return ln("ln2")(x + drop(mlp(x)))
-        x = x + drop(attention("attn")(ln("ln1")(x), mask=mask))
-        if self.cross_attention:
-            x = x + drop(attention("cross_attn")(ln("ln_cross")(x), context))
-        return x + drop(mlp(ln("ln2")(x)))
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  norm_first: bool = True
+  layer_norm_epsilon: float = 1e-6
+  cross_attention: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool, context=None):
+    ln = lambda name: nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name=name)
+    attention = lambda name: nn.MultiHeadDotProductAttention(
+      self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, deterministic=deterministic, name=name
+    )
+    mlp = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")
+    drop = nn.Dropout(self.dropout_rate, deterministic=deterministic)
+    if not self.norm_first:
+      if self.cross_attention:
+        raise ValueError("cross_attention needs norm_first=True")
+      x = ln("ln1")(x + drop(attention("attn")(x, mask=mask)))
+      return ln("ln2")(x + drop(mlp(x)))
+    x = x + drop(attention("attn")(ln("ln1")(x), mask=mask))
+    if self.cross_attention:
+      x = x + drop(attention("cross_attn")(ln("ln_cross")(x), context))
+    return x + drop(mlp(ln("ln2")(x)))
 
 
 class Transformer(nn.Module):
-    """`depth` TransformerBlocks named block0..block{depth-1}; pre-LN stacks end with a LayerNorm ("ln_final").
+  """`depth` TransformerBlocks named block0..block{depth-1}; pre-LN stacks end with a LayerNorm ("ln_final").
 
-    `__call__(x [B, L, D], mask, *, deterministic, context=None) -> [B, L, D]`. `remat` recomputes each block's activations
-    in the backward pass (nn.remat): parameters keep the same names, so checkpoints move between the two.
-    """
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    norm_first: bool = True
-    layer_norm_epsilon: float = 1e-6
-    cross_attention: bool = False
-    remat: bool = False
-    dtype: Any = jnp.float32
+  `__call__(x [B, L, D], mask, *, deterministic, context=None) -> [B, L, D]`. `remat` recomputes each block's activations
+  in the backward pass (nn.remat): parameters keep the same names, so checkpoints move between the two.
+  """
 
-    @nn.compact
-    def __call__(self, x, mask=None, *, deterministic: bool, context=None):
-        # static_argnums counts `self` as 0: `deterministic` is argument 3.
-        block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
-        for i in range(self.depth):
-            x = block_cls(self.num_heads, self.mlp_dim, self.dropout_rate, self.norm_first, self.layer_norm_epsilon,
-                          self.cross_attention, self.dtype, name=f"block{i}")(x, mask, deterministic, context)
-        if self.norm_first:
-            x = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="ln_final")(x)
-        return x
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  norm_first: bool = True
+  layer_norm_epsilon: float = 1e-6
+  cross_attention: bool = False
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None, *, deterministic: bool, context=None):
+    # static_argnums counts `self` as 0: `deterministic` is argument 3.
+    block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+    for i in range(self.depth):
+      x = block_cls(
+        self.num_heads,
+        self.mlp_dim,
+        self.dropout_rate,
+        self.norm_first,
+        self.layer_norm_epsilon,
+        self.cross_attention,
+        self.dtype,
+        name=f"block{i}",
+      )(x, mask, deterministic, context)
+    if self.norm_first:
+      x = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="ln_final")(x)
+    return x
 
 
 def is_deterministic(module: nn.Module, train: bool, dropout_rate: float) -> bool:
-    """Dropout runs only when training, with a nonzero rate, and when the caller passed a "dropout" rng."""
-    return not (train and dropout_rate > 0 and module.has_rng("dropout"))
+  """Dropout runs only when training, with a nonzero rate, and when the caller passed a "dropout" rng."""
+  return not (train and dropout_rate > 0 and module.has_rng("dropout"))

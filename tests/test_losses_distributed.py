@@ -1,5 +1,6 @@
 """Every loss on 8 devices (inside shard_map, local shards + axis_name) equals the same loss
 on one device over the whole batch: value and gradients w.r.t. all differentiable inputs."""
+
 import functools
 
 import jax
@@ -25,47 +26,117 @@ def _unit(seed, *shape):
 
 # name: (loss(*args, axis_name), args, in_specs of args, indices of args to differentiate)
 CASES = {
-    "nt_xent": (lambda a, b, axis_name: losses.nt_xent(a, b, temperature=0.2, axis_name=axis_name),
-                (_normal(0, N, D), _normal(1, N, D)), (B, B), (0, 1)),
-    "nt_xent_queue": (lambda a, b, q, axis_name: losses.nt_xent(a, b, queue=q, axis_name=axis_name),
-                      (_normal(0, N, D), _normal(1, N, D), _normal(2, 12, D)), (B, B, R), (0, 1)),
-    "dcl": (lambda a, b, axis_name: losses.dcl(a, b, axis_name=axis_name),
-            (_normal(0, N, D), _normal(1, N, D)), (B, B), (0, 1)),
-    "dclw": (lambda a, b, axis_name: losses.dclw(a, b, axis_name=axis_name),
-             (_normal(0, N, D), _normal(1, N, D)), (B, B), (0, 1)),
-    "mv_info_nce": (lambda v, axis_name: losses.mv_info_nce(v, axis_name=axis_name),
-                    (_normal(0, 3, N, D),), (P(None, "data"),), (0,)),
-    "supcon": (lambda v, y, axis_name: losses.supcon(v, y, axis_name=axis_name),
-               (_normal(0, 2, N, D), jax.random.randint(jax.random.key(1), (N,), 0, 5)), (P(None, "data"), B), (0,)),
-    "supcon_multilabel": (lambda v, y, axis_name: losses.supcon(v, y, axis_name=axis_name),
-                          (_normal(0, 2, N, D), jax.random.bernoulli(jax.random.key(1), 0.3, (N, 4))),
-                          (P(None, "data"), B), (0,)),
-    "mochi": (lambda q, k, queue, axis_name: losses.mochi(q, k, queue, jax.random.key(7), num_hard=6, num_mixed=4,
-                                                          num_query_mixed=3, axis_name=axis_name),
-              (_normal(0, N, D), _normal(1, N, D), _normal(2, 12, D)), (B, B, R), (0, 1)),
-    "clip_dense": (lambda x, y, t, axis_name: losses.clip_softmax_loss(x, y, t, axis_name=axis_name),
-                   (_unit(0, N, D), _unit(1, N, D), jnp.float32(8.0)), (B, B, R), (0, 1, 2)),
-    "siglip_dense": (lambda x, y, t, b, axis_name: losses.siglip_loss(x, y, t, b, axis_name=axis_name),
-                     (_unit(0, N, D), _unit(1, N, D), jnp.float32(5.0), jnp.float32(-2.0)), (B, B, R, R), (0, 1, 2, 3)),
-    "barlow_twins": (lambda a, b, axis_name: losses.barlow_twins(a, b, axis_name=axis_name),
-                     (_normal(0, N, D), _normal(1, N, D)), (B, B), (0, 1)),
-    "vicreg": (lambda a, b, axis_name: losses.vicreg(a, b, axis_name=axis_name),
-               (_normal(0, N, D), _normal(1, N, D)), (B, B), (0, 1)),
-    "swav": (lambda h, l, axis_name: losses.swav(h, l, axis_name=axis_name),
-             (jnp.tanh(_normal(0, 2, N, K)), jnp.tanh(_normal(1, 2, N, K))), (P(None, "data"), P(None, "data")), (0, 1)),
-    "swav_queue": (lambda h, q, axis_name: losses.swav(h, queue=q, axis_name=axis_name),
-                   (jnp.tanh(_normal(0, 2, N, K)), jnp.tanh(_normal(1, 2, 16, K))), (P(None, "data"), P(None, "data")), (0,)),
-    "alignment": (lambda a, b, axis_name: losses.alignment(a, b, axis_name=axis_name),
-                  (_normal(0, N, D), _normal(1, N, D)), (B, B), (0, 1)),
-    "uniformity": (lambda a, axis_name: losses.uniformity(a, axis_name=axis_name), (_normal(0, N, D),), (B,), (0,)),
-    "token_cross_entropy": (
-        lambda logits, y, m, axis_name: losses.token_cross_entropy(logits, y, m, label_smoothing=0.1, axis_name=axis_name),
-        (_normal(0, N, 5, 11), jax.random.randint(jax.random.key(1), (N, 5), 0, 11),
-         jax.random.bernoulli(jax.random.key(2), 0.7, (N, 5))), (B, B, B), (0,)),
-    "isogclr": (lambda x, y, tx, ty, axis_name: losses.isogclr(x, y, tx, ty, losses.isogclr_init_state(x.shape[0]),
-                                                               axis_name=axis_name)[0],
-                (_normal(0, N, D), _normal(1, N, D), jnp.linspace(0.03, 0.1, N), jnp.linspace(0.1, 0.05, N)),
-                (B, B, B, B), (0, 1, 2, 3)),
+  "nt_xent": (
+    lambda a, b, axis_name: losses.nt_xent(a, b, temperature=0.2, axis_name=axis_name),
+    (_normal(0, N, D), _normal(1, N, D)),
+    (B, B),
+    (0, 1),
+  ),
+  "nt_xent_queue": (
+    lambda a, b, q, axis_name: losses.nt_xent(a, b, queue=q, axis_name=axis_name),
+    (_normal(0, N, D), _normal(1, N, D), _normal(2, 12, D)),
+    (B, B, R),
+    (0, 1),
+  ),
+  "dcl": (
+    lambda a, b, axis_name: losses.dcl(a, b, axis_name=axis_name),
+    (_normal(0, N, D), _normal(1, N, D)),
+    (B, B),
+    (0, 1),
+  ),
+  "dclw": (
+    lambda a, b, axis_name: losses.dclw(a, b, axis_name=axis_name),
+    (_normal(0, N, D), _normal(1, N, D)),
+    (B, B),
+    (0, 1),
+  ),
+  "mv_info_nce": (
+    lambda v, axis_name: losses.mv_info_nce(v, axis_name=axis_name),
+    (_normal(0, 3, N, D),),
+    (P(None, "data"),),
+    (0,),
+  ),
+  "supcon": (
+    lambda v, y, axis_name: losses.supcon(v, y, axis_name=axis_name),
+    (_normal(0, 2, N, D), jax.random.randint(jax.random.key(1), (N,), 0, 5)),
+    (P(None, "data"), B),
+    (0,),
+  ),
+  "supcon_multilabel": (
+    lambda v, y, axis_name: losses.supcon(v, y, axis_name=axis_name),
+    (_normal(0, 2, N, D), jax.random.bernoulli(jax.random.key(1), 0.3, (N, 4))),
+    (P(None, "data"), B),
+    (0,),
+  ),
+  "mochi": (
+    lambda q, k, queue, axis_name: losses.mochi(
+      q, k, queue, jax.random.key(7), num_hard=6, num_mixed=4, num_query_mixed=3, axis_name=axis_name
+    ),
+    (_normal(0, N, D), _normal(1, N, D), _normal(2, 12, D)),
+    (B, B, R),
+    (0, 1),
+  ),
+  "clip_dense": (
+    lambda x, y, t, axis_name: losses.clip_softmax_loss(x, y, t, axis_name=axis_name),
+    (_unit(0, N, D), _unit(1, N, D), jnp.float32(8.0)),
+    (B, B, R),
+    (0, 1, 2),
+  ),
+  "siglip_dense": (
+    lambda x, y, t, b, axis_name: losses.siglip_loss(x, y, t, b, axis_name=axis_name),
+    (_unit(0, N, D), _unit(1, N, D), jnp.float32(5.0), jnp.float32(-2.0)),
+    (B, B, R, R),
+    (0, 1, 2, 3),
+  ),
+  "barlow_twins": (
+    lambda a, b, axis_name: losses.barlow_twins(a, b, axis_name=axis_name),
+    (_normal(0, N, D), _normal(1, N, D)),
+    (B, B),
+    (0, 1),
+  ),
+  "vicreg": (
+    lambda a, b, axis_name: losses.vicreg(a, b, axis_name=axis_name),
+    (_normal(0, N, D), _normal(1, N, D)),
+    (B, B),
+    (0, 1),
+  ),
+  "swav": (
+    lambda h, l, axis_name: losses.swav(h, l, axis_name=axis_name),
+    (jnp.tanh(_normal(0, 2, N, K)), jnp.tanh(_normal(1, 2, N, K))),
+    (P(None, "data"), P(None, "data")),
+    (0, 1),
+  ),
+  "swav_queue": (
+    lambda h, q, axis_name: losses.swav(h, queue=q, axis_name=axis_name),
+    (jnp.tanh(_normal(0, 2, N, K)), jnp.tanh(_normal(1, 2, 16, K))),
+    (P(None, "data"), P(None, "data")),
+    (0,),
+  ),
+  "alignment": (
+    lambda a, b, axis_name: losses.alignment(a, b, axis_name=axis_name),
+    (_normal(0, N, D), _normal(1, N, D)),
+    (B, B),
+    (0, 1),
+  ),
+  "uniformity": (lambda a, axis_name: losses.uniformity(a, axis_name=axis_name), (_normal(0, N, D),), (B,), (0,)),
+  "token_cross_entropy": (
+    lambda logits, y, m, axis_name: losses.token_cross_entropy(logits, y, m, label_smoothing=0.1, axis_name=axis_name),
+    (
+      _normal(0, N, 5, 11),
+      jax.random.randint(jax.random.key(1), (N, 5), 0, 11),
+      jax.random.bernoulli(jax.random.key(2), 0.7, (N, 5)),
+    ),
+    (B, B, B),
+    (0,),
+  ),
+  "isogclr": (
+    lambda x, y, tx, ty, axis_name: losses.isogclr(
+      x, y, tx, ty, losses.isogclr_init_state(x.shape[0]), axis_name=axis_name
+    )[0],
+    (_normal(0, N, D), _normal(1, N, D), jnp.linspace(0.03, 0.1, N), jnp.linspace(0.1, 0.05, N)),
+    (B, B, B, B),
+    (0, 1, 2, 3),
+  ),
 }
 
 
@@ -91,7 +162,8 @@ def test_isogclr_state_update_on_8_devices_equals_single_device():
   state = {k: jnp.abs(_normal(i, N)) for i, k in enumerate(["s_x", "s_y", "b_x", "b_y"])}
   fn = lambda x, y, tx, ty, st, axis_name=None: losses.isogclr(x, y, tx, ty, st, axis_name=axis_name)[1]
   want = fn(*args, state)
-  got = jax.jit(jax.shard_map(functools.partial(fn, axis_name="data"), mesh=_mesh(),
-                              in_specs=(*specs, B), out_specs=B))(*args, state)
+  got = jax.jit(
+    jax.shard_map(functools.partial(fn, axis_name="data"), mesh=_mesh(), in_specs=(*specs, B), out_specs=B)
+  )(*args, state)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)

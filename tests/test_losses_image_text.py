@@ -1,5 +1,6 @@
 """CLIP / SigLIP: chunked and ring modes equal dense (value and all gradients), on one
 device and on 8, for chunk sizes that do and do not divide the batch; memory stays bounded."""
+
 import functools
 
 import jax
@@ -52,15 +53,18 @@ def test_streamed_mode_equals_dense_on_one_device(loss, mode, chunk_size):
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
-@pytest.mark.parametrize("mode, chunk_size", [("dense", None), ("chunked", 8), ("chunked", 20), ("ring", 3), ("ring", None)])
+@pytest.mark.parametrize(
+  "mode, chunk_size", [("dense", None), ("chunked", 8), ("chunked", 20), ("ring", 3), ("ring", None)]
+)
 def test_mode_on_8_devices_equals_dense_on_one_device(loss, mode, chunk_size):
   x, y = _pairs(8 * 6)  # 6 local rows: chunked 20 -> 2 rows per device; ring 3 -> 2 chunks
   args = (x, y, jnp.float32(10.0)) if loss == "clip" else (x, y, jnp.float32(10.0), jnp.float32(-4.0))
   make = _clip if loss == "clip" else _siglip
   argnums = tuple(range(len(args)))
   want = jax.jit(jax.value_and_grad(make("dense"), argnums=argnums))(*args)
-  sharded = jax.shard_map(make(mode, chunk_size, "data"), mesh=_mesh(), in_specs=(B, B) + (P(),) * (len(args) - 2),
-                          out_specs=P())
+  sharded = jax.shard_map(
+    make(mode, chunk_size, "data"), mesh=_mesh(), in_specs=(B, B) + (P(),) * (len(args) - 2), out_specs=P()
+  )
   got = jax.jit(jax.value_and_grad(sharded, argnums=argnums))(*args)
   _assert_same(got, want)
 
@@ -77,8 +81,11 @@ def test_streamed_modes_accept_bfloat16_embeddings():
 def _temp_bytes(mode, global_n, chunk_size):
   sharded = jax.shard_map(_clip(mode, chunk_size, "data"), mesh=_mesh(), in_specs=(B, B, P()), out_specs=P())
   spec = jax.ShapeDtypeStruct((global_n, 64), jnp.float32, sharding=NamedSharding(_mesh(), B))
-  compiled = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2))).lower(
-      spec, spec, jax.ShapeDtypeStruct((), jnp.float32)).compile()
+  compiled = (
+    jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))
+    .lower(spec, spec, jax.ShapeDtypeStruct((), jnp.float32))
+    .compile()
+  )
   return compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -90,12 +97,15 @@ def test_streamed_modes_never_hold_the_dense_logits():
     assert _temp_bytes(mode, global_n, 128) < dense / 20, mode
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: losses.clip_softmax_loss(jnp.ones((4, 3)), jnp.ones((5, 3)), 1.0), "same shape"),
     (lambda: losses.clip_softmax_loss(jnp.ones((4, 3)), jnp.ones((4, 3)), 0.0), "logit_scale"),
     (lambda: losses.siglip_loss(jnp.ones((4, 3)), jnp.ones((4, 3)), 1.0, 0.0, mode="blocks"), "mode"),
     (lambda: losses.siglip_loss(jnp.ones((4, 3)), jnp.ones((4, 3)), 1.0, 0.0, mode="ring", chunk_size=0), "chunk_size"),
-])
+  ],
+)
 def test_image_text_losses_reject_bad_input(call, match):
   with pytest.raises(ValueError, match=match):
     call()

@@ -1,4 +1,5 @@
 """NT-Xent: single device vs a float64 NumPy reference, and on 8 devices vs single device."""
+
 import functools
 
 import jax
@@ -37,6 +38,7 @@ def _numpy_moco(z1, z2, queue, temperature):
   def norm(x):
     x = x.astype(np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
   z1, z2, queue = norm(z1), norm(z2), norm(queue)
   logits = np.concatenate([np.sum(z1 * z2, 1, keepdims=True), z1 @ queue.T], 1) / temperature
   m = logits.max(1)
@@ -75,8 +77,13 @@ def test_nt_xent_on_8_devices_equals_single_device(use_queue):
   z1, z2 = _views(n=64)
   queue = jax.random.normal(jax.random.key(3), (48, 16)) if use_queue else None
   loss = lambda a, b: losses.nt_xent(a, b, temperature=0.3, queue=queue)
-  sharded = jax.shard_map(lambda a, b: losses.nt_xent(a, b, temperature=0.3, queue=queue, axis_name="data"),
-                          mesh=_mesh(), in_specs=(P("data"), P("data")), out_specs=P(), check_vma=True)
+  sharded = jax.shard_map(
+    lambda a, b: losses.nt_xent(a, b, temperature=0.3, queue=queue, axis_name="data"),
+    mesh=_mesh(),
+    in_specs=(P("data"), P("data")),
+    out_specs=P(),
+    check_vma=True,
+  )
   want, want_g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(z1, z2)
   got, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(z1, z2)
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -89,8 +96,9 @@ def test_nt_xent_gradient_taken_inside_shard_map_is_the_global_gradient():
   z1, z2 = _views(n=64)
   want_g = jax.jit(jax.grad(lambda a, b: losses.nt_xent(a, b), argnums=(0, 1)))(z1, z2)
   local_grad = jax.grad(lambda a, b: losses.nt_xent(a, b, axis_name="data"), argnums=(0, 1))
-  got_g = jax.jit(jax.shard_map(local_grad, mesh=_mesh(), in_specs=(P("data"), P("data")),
-                                out_specs=(P("data"), P("data"))))(z1, z2)
+  got_g = jax.jit(
+    jax.shard_map(local_grad, mesh=_mesh(), in_specs=(P("data"), P("data")), out_specs=(P("data"), P("data")))
+  )(z1, z2)
   for g, w in zip(got_g, want_g):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
 
@@ -99,16 +107,21 @@ def test_nt_xent_learnable_temperature_is_differentiable():
   z1, z2 = _views()
   g = jax.jit(jax.grad(lambda t: losses.nt_xent(z1, z2, temperature=t)))(0.5)
   eps = 1e-3
-  fd = (_call(losses.nt_xent, z1, z2, temperature=0.5 + eps) - _call(losses.nt_xent, z1, z2, temperature=0.5 - eps)) / (2 * eps)
+  fd = (_call(losses.nt_xent, z1, z2, temperature=0.5 + eps) - _call(losses.nt_xent, z1, z2, temperature=0.5 - eps)) / (
+    2 * eps
+  )
   np.testing.assert_allclose(g, fd, rtol=1e-2)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(z2=jnp.ones((8, 5))), "same shape"),
     (dict(temperature=0.0), "temperature"),
     (dict(temperature=-1.0), "temperature"),
     (dict(queue=jnp.ones((8, 5))), "queue"),
-])
+  ],
+)
 def test_nt_xent_rejects_bad_input(kwargs, match):
   args = dict(z1=jnp.ones((8, 4)), z2=jnp.ones((8, 4)))
   args.update(kwargs)
@@ -208,7 +221,9 @@ def test_soft_supcon_targets_follow_label_overlap():
 def test_mochi_without_synthetic_negatives_is_moco():
   z1, z2 = _views()
   queue = jax.random.normal(jax.random.key(3), (64, 16))
-  got = _call(losses.mochi, z1, z2, queue, jax.random.key(0), temperature=0.2, num_hard=8, num_mixed=0, num_query_mixed=0)
+  got = _call(
+    losses.mochi, z1, z2, queue, jax.random.key(0), temperature=0.2, num_hard=8, num_mixed=0, num_query_mixed=0
+  )
   np.testing.assert_allclose(got, _call(losses.nt_xent, z1, z2, temperature=0.2, queue=queue), rtol=1e-5)
 
 
@@ -216,10 +231,14 @@ def test_mochi_mixes_the_hardest_negatives():
   """With num_hard=1 every mixed negative is the hardest queue entry itself."""
   z1, z2 = _views(n=4)
   queue = jax.random.normal(jax.random.key(3), (10, 16))
-  got = _call(losses.mochi, z1, z2, queue, jax.random.key(0), temperature=0.2, num_hard=1, num_mixed=3, num_query_mixed=0)
+  got = _call(
+    losses.mochi, z1, z2, queue, jax.random.key(0), temperature=0.2, num_hard=1, num_mixed=3, num_query_mixed=0
+  )
   u1, u2, uq = (np.asarray(losses.l2_normalize(a), np.float64) for a in (z1, z2, queue))
   sims = u1 @ uq.T
-  logits = np.concatenate([np.sum(u1 * u2, 1, keepdims=True), sims, np.repeat(sims.max(1, keepdims=True), 3, 1)], 1) / 0.2
+  logits = (
+    np.concatenate([np.sum(u1 * u2, 1, keepdims=True), sims, np.repeat(sims.max(1, keepdims=True), 3, 1)], 1) / 0.2
+  )
   want = np.mean(-_log_softmax_rows(logits)[:, 0])
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
@@ -232,13 +251,16 @@ def test_mochi_query_mixes_are_harder_than_the_queue():
   assert hard > easy
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda v: losses.supcon(v, jnp.zeros((5,), jnp.int32)), "labels"),
     (lambda v: losses.supcon(v[0], jnp.zeros((8,), jnp.int32)), "3 dims"),
     (lambda v: losses.mv_info_nce(v[:1]), "2 views"),
     (lambda v: losses.dclw(v[0], v[1], sigma=0.0), "weight_sigma"),
     (lambda v: losses.mochi(v[0], v[1], v[0], jax.random.key(0), num_hard=9), "num_hard"),
-])
+  ],
+)
 def test_infonce_family_rejects_bad_input(call, match):
   with pytest.raises(ValueError, match=match):
     call(jnp.ones((2, 8, 4)))

@@ -1,5 +1,6 @@
 """Regularisers, generative term, temperatures (incl. iSogCLR), SwAV codes, redundancy
 reduction checks, and the registry / combine helper."""
+
 import functools
 
 import jax
@@ -43,8 +44,11 @@ def test_uniformity_matches_paper_equation(t):
 
 def test_regularisers_add_to_any_loss_through_combine():
   x, y = _normal(0, 16, 8), _normal(1, 16, 8)
-  terms = [dict(name="nt_xent", inputs=("a", "b")), dict(name="alignment", weight=0.5, inputs=("a", "b")),
-           dict(name="uniformity", key="uniformity_a", weight=0.25, inputs=("a",))]
+  terms = [
+    dict(name="nt_xent", inputs=("a", "b")),
+    dict(name="alignment", weight=0.5, inputs=("a", "b")),
+    dict(name="uniformity", key="uniformity_a", weight=0.25, inputs=("a",)),
+  ]
   total, metrics = jax.jit(lambda a, b: losses.combine(terms, {"a": a, "b": b}))(x, y)
   want = losses.nt_xent(x, y) + 0.5 * losses.alignment(x, y) + 0.25 * losses.uniformity(x)
   np.testing.assert_allclose(total, want, rtol=1e-5)
@@ -110,9 +114,15 @@ def test_isogclr_matches_reference_algorithm(warm):
   if warm:
     state = {k: jnp.abs(_normal(i, 12)) + 0.1 for i, k in enumerate(state)}
   loss, new_state = _call(losses.isogclr, x, y, tau_x, tau_y, state, gamma=0.8, rho=8.0)
-  want, want_state, _ = _numpy_isogclr(np.asarray(x), np.asarray(y), np.asarray(tau_x, np.float64),
-                                       np.asarray(tau_y, np.float64), {k: np.asarray(v, np.float64) for k, v in state.items()},
-                                       0.8, 8.0)
+  want, want_state, _ = _numpy_isogclr(
+    np.asarray(x),
+    np.asarray(y),
+    np.asarray(tau_x, np.float64),
+    np.asarray(tau_y, np.float64),
+    {k: np.asarray(v, np.float64) for k, v in state.items()},
+    0.8,
+    8.0,
+  )
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   for k in want_state:
     np.testing.assert_allclose(new_state[k], want_state[k], rtol=1e-5, err_msg=k)
@@ -171,16 +181,23 @@ def test_barlow_twins_is_zero_for_identical_decorrelated_views():
   np.testing.assert_allclose(_call(losses.barlow_twins, z, z), 0.0, atol=1e-3)
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: losses.barlow_twins(jnp.ones((4, 3)), jnp.ones((4, 2))), "same shape"),
     (lambda: losses.vicreg(jnp.ones((1, 3)), jnp.ones((1, 3))), "at least 2"),
     (lambda: losses.alignment(jnp.ones((4, 3)), jnp.ones((3, 3))), "same shape"),
     (lambda: losses.uniformity(jnp.ones((1, 3))), "at least 2"),
     (lambda: losses.token_cross_entropy(jnp.ones((2, 3, 4)), jnp.ones((2, 4), jnp.int32)), "targets"),
     (lambda: losses.token_cross_entropy(jnp.ones((2, 3, 4)), jnp.ones((2, 3), jnp.int32), jnp.ones((2, 4))), "mask"),
-    (lambda: losses.isogclr(jnp.ones((4, 3)), jnp.ones((4, 3)), jnp.ones(3), jnp.ones(4),
-                            losses.isogclr_init_state(4)), "tau_x"),
-])
+    (
+      lambda: losses.isogclr(
+        jnp.ones((4, 3)), jnp.ones((4, 3)), jnp.ones(3), jnp.ones(4), losses.isogclr_init_state(4)
+      ),
+      "tau_x",
+    ),
+  ],
+)
 def test_losses_reject_bad_input(call, match):
   with pytest.raises(ValueError, match=match):
     call()
@@ -197,21 +214,33 @@ def test_registry_finds_every_loss_by_name():
 
 def test_combine_reads_an_ml_collections_config():
   config = ml_collections.ConfigDict()
-  config.terms = [dict(name="clip_softmax_loss", weight=1.0, inputs=("img", "txt", "scale"),
-                       kwargs=dict(mode="chunked", chunk_size=4)),
-                  dict(name="token_cross_entropy", weight=2.0, inputs=("logits", "tokens", "mask"))]
-  out = {"img": losses.l2_normalize(_normal(0, 8, 4)), "txt": losses.l2_normalize(_normal(1, 8, 4)), "scale": 10.0,
-         "logits": _normal(2, 8, 3, 5), "tokens": jnp.zeros((8, 3), jnp.int32), "mask": jnp.ones((8, 3))}
+  config.terms = [
+    dict(
+      name="clip_softmax_loss", weight=1.0, inputs=("img", "txt", "scale"), kwargs=dict(mode="chunked", chunk_size=4)
+    ),
+    dict(name="token_cross_entropy", weight=2.0, inputs=("logits", "tokens", "mask")),
+  ]
+  out = {
+    "img": losses.l2_normalize(_normal(0, 8, 4)),
+    "txt": losses.l2_normalize(_normal(1, 8, 4)),
+    "scale": 10.0,
+    "logits": _normal(2, 8, 3, 5),
+    "tokens": jnp.zeros((8, 3), jnp.int32),
+    "mask": jnp.ones((8, 3)),
+  }
   total, metrics = jax.jit(lambda o: losses.combine(config.terms, o))(out)
   np.testing.assert_allclose(total, metrics["clip_softmax_loss"] + 2.0 * metrics["token_cross_entropy"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("terms, match", [
+@pytest.mark.parametrize(
+  "terms, match",
+  [
     ([], "at least one"),
     ([dict(name="nt_xent", inputs=("a", "c"))], "needs outputs"),
     ([dict(name="nt_xent", inputs=("a", "b"), wieght=2.0)], "unknown fields"),
     ([dict(name="nt_xent", inputs=("a", "b"))] * 2, "distinct"),
-])
+  ],
+)
 def test_combine_rejects_bad_config(terms, match):
   with pytest.raises(ValueError, match=match):
     losses.combine(terms, {"a": jnp.ones((4, 3)), "b": jnp.ones((4, 3))})

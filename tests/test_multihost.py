@@ -1,6 +1,7 @@
 """Two local JAX processes (jax.distributed on CPU, 2 devices each) train together through the real loop and end with
 the parameters one process on 4 devices reaches from the same global batches; the checkpoint holds both processes'
 data positions."""
+
 import os
 import socket
 import subprocess
@@ -12,8 +13,8 @@ import orbax.checkpoint as ocp
 
 import methods
 from test_scale import vit_config
-from train import checkpoint as ckpt_lib
-from train import mesh as mesh_lib
+import checkpointing as ckpt_lib
+from parallel import mesh as mesh_lib
 from train import optim
 from train import trainer
 
@@ -38,14 +39,26 @@ def _free_port() -> int:
 
 def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_path):
   port = _free_port()
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  env = dict(
+    os.environ,
+    PYTHONPATH=REPO,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+  )
   workdir = tmp_path / "run"
-  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(workdir), str(tmp_path / f"rows{i}.npz")],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, __file__, str(i), str(port), str(workdir), str(tmp_path / f"rows{i}.npz")],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     logs = [p.communicate(timeout=300)[0] for p in procs]
   finally:
@@ -57,9 +70,14 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
   # Process p fed rows [16 p, 16 p + 16) of each global batch of 32.
   local = [np.load(tmp_path / f"rows{i}.npz") for i in range(2)]
   config = multihost_config()
-  mesh = mesh_lib.build_mesh(config.mesh, jax.devices()[:2 * DEVICES_PER_PROCESS])
-  batches = [{k: jax.device_put(np.concatenate([local[0][f"{s}/{k}"], local[1][f"{s}/{k}"]]),
-                                mesh_lib.batch_sharding(mesh)) for k in ("image", "label")} for s in range(STEPS)]
+  mesh = mesh_lib.build_mesh(config.mesh, jax.devices()[: 2 * DEVICES_PER_PROCESS])
+  batches = [
+    {
+      k: jax.device_put(np.concatenate([local[0][f"{s}/{k}"], local[1][f"{s}/{k}"]]), mesh_lib.batch_sharding(mesh))
+      for k in ("image", "label")
+    }
+    for s in range(STEPS)
+  ]
   method = methods.get(config.method)(config, mesh)
   tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
   state, shardings = trainer.create_train_state(config, method, tx, mesh, batches[0])
@@ -72,16 +90,21 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
   saved, _ = checkpointer.restore(ckpt_lib.abstract_with_shardings(state, shardings))
   positions = checkpointer.manager.restore(STEPS, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
   checkpointer.close()
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), jax.device_get(saved.params),
-               jax.device_get(state.params))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+    jax.device_get(saved.params),
+    jax.device_get(state.params),
+  )
   assert [p["process_block"] for p in positions["processes"]] == [[0, 2], [1, 2]]
 
 
 def _worker(process_id: int, port: int, workdir: str, batches_path: str) -> None:
   """One of two processes: trains multihost_config() through train_and_evaluate and saves the rows it fed."""
   from train import distributed
+
   assert distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
   from input_pipeline.iterator import BatchIterator
+
   next_batch, fed = BatchIterator.__next__, {}
 
   def recording_next(self):
@@ -93,7 +116,8 @@ def _worker(process_id: int, port: int, workdir: str, batches_path: str) -> None
 
   BatchIterator.__next__ = recording_next
   assert trainer.train_and_evaluate(multihost_config(), workdir, progress=False, stop_at=STEPS) == {
-      "stopped_at_step": STEPS}
+    "stopped_at_step": STEPS
+  }
   np.savez(batches_path, **{k: v for k, v in fed.items() if int(k.split("/")[0]) < STEPS})
   jax.distributed.shutdown()
 

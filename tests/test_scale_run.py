@@ -1,15 +1,15 @@
 """One short run of the training loop with every observability and checkpoint option on: step time, throughput, MFU
 and compiled memory in the metrics, a profiler trace, the last K checkpoints plus the best one, EMA evaluation."""
+
 import glob
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from test_scale import vit_config
-from train import checkpoint as ckpt_lib
+import checkpointing as ckpt_lib
 from train import trainer
 from train.state import TrainState
 

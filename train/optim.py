@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules from config (optax)."""
+
 from __future__ import annotations
 
 import re
@@ -19,9 +20,9 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   warmup = min(int(config.warmup_steps), max(total_steps - 1, 0))
   decay_steps = max(total_steps - warmup, 1)
   decays = {
-      "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=config.get("end_lr_ratio", 0.0)),
-      "linear": lambda: optax.linear_schedule(peak, peak * config.get("end_lr_ratio", 0.0), decay_steps),
-      "constant": lambda: optax.constant_schedule(peak),
+    "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=config.get("end_lr_ratio", 0.0)),
+    "linear": lambda: optax.linear_schedule(peak, peak * config.get("end_lr_ratio", 0.0), decay_steps),
+    "constant": lambda: optax.constant_schedule(peak),
   }
   if config.schedule not in decays:
     raise ValueError(f"Unknown schedule {config.schedule!r}; choose one of {sorted(decays)}.")
@@ -45,11 +46,18 @@ def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformati
   wd = float(config.get("weight_decay", 0.0))
   name = config.name
   if name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
-                     optax.sgd(lr, momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", False)))
+    tx = optax.chain(
+      optax.add_decayed_weights(wd, mask=decay_mask),
+      optax.sgd(lr, momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", False)),
+    )
   elif name == "lars":
-    tx = optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
-                    momentum=config.get("momentum", 0.9))
+    tx = optax.lars(
+      lr,
+      weight_decay=wd,
+      weight_decay_mask=decay_mask,
+      trust_ratio_mask=decay_mask,
+      momentum=config.get("momentum", 0.9),
+    )
   elif name == "adamw":
     tx = optax.adamw(lr, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), weight_decay=wd, mask=decay_mask)
   elif name == "lion":

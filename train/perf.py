@@ -1,4 +1,5 @@
 """Performance accounting of a run: FLOPs and memory of the compiled step, MFU, device memory, profiler traces."""
+
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,17 @@ import jax
 # Dense bf16 peak FLOP/s of one JAX device, by a substring of its lower-cased `device_kind` (first match wins).
 # MFU is reported against these; set config.peak_tflops for other devices (e.g. 756 for an H100 PCIe).
 PEAK_TFLOPS = (
-    ("h100", 989.0), ("h200", 989.0), ("b200", 2250.0), ("a100", 312.0),
-    ("tpu v6 lite", 918.0), ("tpu v6e", 918.0), ("tpu v5 lite", 197.0), ("tpu v5e", 197.0), ("tpu v5p", 459.0),
-    ("tpu v5", 459.0), ("tpu v4", 275.0),
+  ("h100", 989.0),
+  ("h200", 989.0),
+  ("b200", 2250.0),
+  ("a100", 312.0),
+  ("tpu v6 lite", 918.0),
+  ("tpu v6e", 918.0),
+  ("tpu v5 lite", 197.0),
+  ("tpu v5e", 197.0),
+  ("tpu v5p", 459.0),
+  ("tpu v5", 459.0),
+  ("tpu v4", 275.0),
 )
 
 
@@ -33,8 +42,7 @@ def compiled_stats(compiled) -> dict[str, float]:
     for name in ("argument", "output", "alias", "temp", "generated_code"):
       stats[f"{name}_bytes"] = float(getattr(memory, f"{name}_size_in_bytes"))
     # Donated arguments alias outputs: the step holds arguments + outputs - aliased + temporaries at its peak.
-    stats["total_bytes"] = (stats["argument_bytes"] + stats["output_bytes"] - stats["alias_bytes"]
-                            + stats["temp_bytes"])
+    stats["total_bytes"] = stats["argument_bytes"] + stats["output_bytes"] - stats["alias_bytes"] + stats["temp_bytes"]
   return stats
 
 

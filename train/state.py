@@ -1,4 +1,5 @@
 """The train state: everything a run needs to continue exactly where it stopped."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,6 +17,7 @@ class TrainState:
   momentum-encoder params or a queue of negatives ({} when the method has none); ema_params: exponential moving
   average of params when `config.ema_decay` > 0, else None.
   """
+
   step: jax.Array
   params: Any
   model_state: Any

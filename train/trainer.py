@@ -1,4 +1,5 @@
 """The training loop, top to bottom: setup, data, model, optimizer, state, step, loop, evaluation."""
+
 from __future__ import annotations
 
 import functools
@@ -18,10 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import input_pipeline
 import methods
 from methods.base import stage_rngs
-from train import checkpoint as ckpt_lib
-from train import mesh as mesh_lib
+import checkpointing as ckpt_lib
+from parallel import mesh as mesh_lib
 from train import optim
-from train import partition
+from parallel import partition
 from train import perf
 from train.metrics import MetricWriter
 from train.state import TrainState
@@ -37,14 +38,22 @@ def _init_fn(config, method: methods.Method, tx: optax.GradientTransformation):
   def init(rng, sample_batch):
     init_rng, state_rng = jax.random.split(rng)
     params, model_state, extra = method.init(init_rng, sample_batch)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params), rng=state_rng, extra=extra, ema_params=params if with_ema else None)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=model_state,
+      opt_state=tx.init(params),
+      rng=state_rng,
+      extra=extra,
+      ema_params=params if with_ema else None,
+    )
 
   return init
 
 
-def abstract_train_state(config, method: methods.Method, tx: optax.GradientTransformation, mesh: Mesh,
-                         sample_batch: dict) -> tuple[TrainState, Any]:
+def abstract_train_state(
+  config, method: methods.Method, tx: optax.GradientTransformation, mesh: Mesh, sample_batch: dict
+) -> tuple[TrainState, Any]:
   """Shapes and dtypes of the train state (jax.eval_shape: nothing is allocated) and its shardings.
 
   Shardings come from the regex rules `config.partition_rules` on the state's leaf paths (default: FSDP for arrays of
@@ -52,12 +61,14 @@ def abstract_train_state(config, method: methods.Method, tx: optax.GradientTrans
   """
   shapes = jax.eval_shape(_init_fn(config, method, tx), jax.random.PRNGKey(config.seed), sample_batch)
   rules = [tuple(r) for r in config.get("partition_rules", partition.DEFAULT_RULES)]
-  return shapes, partition.infer_shardings(shapes, mesh, rules=rules,
-                                           fsdp_min_size=int(config.get("fsdp_min_size", 2**14)))
+  return shapes, partition.infer_shardings(
+    shapes, mesh, rules=rules, fsdp_min_size=int(config.get("fsdp_min_size", 2**14))
+  )
 
 
-def create_train_state(config, method: methods.Method, tx: optax.GradientTransformation, mesh: Mesh,
-                       sample_batch: dict) -> tuple[TrainState, Any]:
+def create_train_state(
+  config, method: methods.Method, tx: optax.GradientTransformation, mesh: Mesh, sample_batch: dict
+) -> tuple[TrainState, Any]:
   """Initialises the state directly in its target shardings (shapes first, then a jitted init)."""
   _, shardings = abstract_train_state(config, method, tx, mesh, sample_batch)
   state = jax.jit(_init_fn(config, method, tx), out_shardings=shardings)(jax.random.PRNGKey(config.seed), sample_batch)
@@ -66,8 +77,11 @@ def create_train_state(config, method: methods.Method, tx: optax.GradientTransfo
 
 def train_step_options(config) -> dict:
   """make_train_step's keyword arguments from config: grad_accum_steps, grad_accum_mode, ema_decay."""
-  return dict(accum_steps=int(config.get("grad_accum_steps", 1)), accum_mode=config.get("grad_accum_mode", "auto"),
-              ema_decay=float(config.get("ema_decay", 0.0)))
+  return dict(
+    accum_steps=int(config.get("grad_accum_steps", 1)),
+    accum_mode=config.get("grad_accum_mode", "auto"),
+    ema_decay=float(config.get("ema_decay", 0.0)),
+  )
 
 
 def split_micro_batches(tree: Any, num: int, mesh: Mesh) -> Any:
@@ -85,24 +99,37 @@ def split_micro_batches(tree: Any, num: int, mesh: Mesh) -> Any:
 def merge_micro_batches(tree: Any, mesh: Mesh) -> Any:
   """Inverse of split_micro_batches: leaves [num, b, ...] -> [num * b, ...] in the original row order."""
   sharding = mesh_lib.batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-      x.swapaxes(0, 1).reshape((-1,) + x.shape[2:]), sharding), tree)
+  return jax.tree.map(
+    lambda x: jax.lax.with_sharding_constraint(x.swapaxes(0, 1).reshape((-1,) + x.shape[2:]), sharding), tree
+  )
 
 
 def resolve_accum_mode(method: methods.Method, accum_mode: str) -> str:
-  """"auto" -> "cached" when the method splits its loss into stages (see methods.base.PrepareFn), else "micro"."""
+  """ "auto" -> "cached" when the method splits its loss into stages (see methods.base.PrepareFn), else "micro"."""
   if accum_mode not in ("auto", "cached", "micro"):
     raise ValueError(f"grad_accum_mode must be 'auto', 'cached' or 'micro', got {accum_mode!r}.")
   if accum_mode == "auto":
     return "cached" if method.splits_loss else "micro"
   if accum_mode == "cached" and not method.splits_loss:
-    raise ValueError("grad_accum_mode='cached' needs a method that provides prepare_fn, encode_fn and "
-                     "embedding_loss_fn; use 'micro' (each micro-batch's loss sees only its own negatives).")
+    raise ValueError(
+      "grad_accum_mode='cached' needs a method that provides prepare_fn, encode_fn and "
+      "embedding_loss_fn; use 'micro' (each micro-batch's loss sees only its own negatives)."
+    )
   return accum_mode
 
 
-def loss_and_grads(method: methods.Method, params, model_state, extra, batch: dict, rng: jax.Array, *,
-                   mesh: Mesh, accum_steps: int = 1, accum_mode: str = "auto"):
+def loss_and_grads(
+  method: methods.Method,
+  params,
+  model_state,
+  extra,
+  batch: dict,
+  rng: jax.Array,
+  *,
+  mesh: Mesh,
+  accum_steps: int = 1,
+  accum_mode: str = "auto",
+):
   """((loss, (model_state, extra, metrics)), grads) of `method.loss_fn` on `batch`, optionally in micro-batches.
 
   With accum_steps = k > 1 the batch runs as k micro-batches one after the other (lax.scan), so activations are held
@@ -128,7 +155,8 @@ def loss_and_grads(method: methods.Method, params, model_state, extra, batch: di
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     (grads, model_state, extra), (losses, metrics) = jax.lax.scan(
-        micro_step, (zeros, model_state, extra), (split_micro_batches(batch, accum_steps, mesh), steps))
+      micro_step, (zeros, model_state, extra), (split_micro_batches(batch, accum_steps, mesh), steps)
+    )
     mean = lambda x: jnp.mean(x, axis=0)
     grads = jax.tree.map(lambda g: g / accum_steps, grads)
     return (mean(losses), (model_state, extra, jax.tree.map(mean, metrics))), grads
@@ -146,8 +174,9 @@ def loss_and_grads(method: methods.Method, params, model_state, extra, batch: di
 
   new_model_state, embeddings = jax.lax.scan(forward, model_state, (inputs, steps))
   loss_grad = jax.value_and_grad(method.embedding_loss_fn, argnums=(0, 2), has_aux=True)
-  (loss, (extra, metrics)), (grads, embedding_grads) = loss_grad(params, extra, merge_micro_batches(embeddings, mesh),
-                                                                 loss_rng)
+  (loss, (extra, metrics)), (grads, embedding_grads) = loss_grad(
+    params, extra, merge_micro_batches(embeddings, mesh), loss_rng
+  )
 
   def backward(grads, xs):
     micro, g, i = xs
@@ -159,9 +188,16 @@ def loss_and_grads(method: methods.Method, params, model_state, extra, batch: di
   return (loss, (new_model_state, extra, metrics)), grads
 
 
-def make_train_step(method: methods.Method, tx: optax.GradientTransformation, state_shardings: Any,
-                    learning_rate: optax.Schedule, *, accum_steps: int = 1, accum_mode: str = "auto",
-                    ema_decay: float = 0.0):
+def make_train_step(
+  method: methods.Method,
+  tx: optax.GradientTransformation,
+  state_shardings: Any,
+  learning_rate: optax.Schedule,
+  *,
+  accum_steps: int = 1,
+  accum_mode: str = "auto",
+  ema_decay: float = 0.0,
+):
   """The jitted update: donated state in, state + scalar metrics out. Non-finite updates are never applied.
 
   accum_steps/accum_mode: gradient accumulation (see loss_and_grads); ema_decay > 0 updates state.ema_params (the
@@ -172,25 +208,49 @@ def make_train_step(method: methods.Method, tx: optax.GradientTransformation, st
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     if (state.ema_params is not None) != (ema_decay > 0):
-      raise ValueError(f"ema_decay={ema_decay} but the state {'has' if state.ema_params is not None else 'has no'} "
-                       "ema_params: create the state and the step from the same config.ema_decay.")
+      raise ValueError(
+        f"ema_decay={ema_decay} but the state {'has' if state.ema_params is not None else 'has no'} "
+        "ema_params: create the state and the step from the same config.ema_decay."
+      )
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, (model_state, extra, metrics)), grads = loss_and_grads(
-        method, state.params, state.model_state, state.extra, batch, rng, mesh=mesh, accum_steps=accum_steps,
-        accum_mode=accum_mode)
+      method,
+      state.params,
+      state.model_state,
+      state.extra,
+      batch,
+      rng,
+      mesh=mesh,
+      accum_steps=accum_steps,
+      accum_mode=accum_mode,
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = method.project_params(optax.apply_updates(state.params, updates), state.step)
     extra = method.after_update(params, extra, state.step)
     ema_params = None if state.ema_params is None else optim.ema_update(state.ema_params, params, ema_decay)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    candidate = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
-                              extra=extra, ema_params=ema_params)
+    candidate = state.replace(
+      step=state.step + 1,
+      params=params,
+      model_state=model_state,
+      opt_state=opt_state,
+      extra=extra,
+      ema_params=ema_params,
+    )
     # A non-finite step keeps the previous state (the step counter still advances, so data order is unchanged).
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state.replace(step=state.step + 1))
-    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "param_norm": optax.global_norm(params),
-               "update_norm": optax.global_norm(updates), "learning_rate": learning_rate(state.step),
-               "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    new_state = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old), candidate, state.replace(step=state.step + 1)
+    )
+    metrics = {
+      **metrics,
+      "loss": loss,
+      "grad_norm": grad_norm,
+      "param_norm": optax.global_norm(params),
+      "update_norm": optax.global_norm(updates),
+      "learning_rate": learning_rate(state.step),
+      "nonfinite": 1.0 - finite.astype(jnp.float32),
+    }
     return new_state, metrics
 
   return jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_shardings, None))
@@ -237,8 +297,14 @@ def restore_trained(config, workdir: str, *, devices=None, best: bool = False):
   mesh = mesh_lib.build_mesh(config.get("mesh"), devices)
   method = methods.get(config.method)(config, mesh)
   tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
-  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed, shuffle=False)
+  data = input_pipeline.build(
+    config.data,
+    split="train",
+    global_batch_size=config.batch_size,
+    sharding=mesh_lib.batch_sharding(mesh),
+    seed=config.seed,
+    shuffle=False,
+  )
   sample = next(data)
   data.close()
   shapes, shardings = abstract_train_state(config, method, tx, mesh, sample)
@@ -256,9 +322,13 @@ def evaluation_state(config, state: TrainState) -> TrainState:
 
 
 def _checkpointer(config, workdir: str, async_save: bool = True) -> ckpt_lib.Checkpointer:
-  return ckpt_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3), async_save=async_save,
-                               best_metric=config.get("best_metric", "") or None,
-                               best_mode=config.get("best_mode", "max"))
+  return ckpt_lib.Checkpointer(
+    workdir,
+    max_to_keep=config.get("keep_checkpoints", 3),
+    async_save=async_save,
+    best_metric=config.get("best_metric", "") or None,
+    best_mode=config.get("best_mode", "max"),
+  )
 
 
 def host_scalars(metrics: dict) -> dict:
@@ -271,11 +341,13 @@ def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   from jax.experimental import multihost_utils
+
   return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
 
-def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = True, stop_at: int | None = None,
-                       profile: bool = False) -> dict:
+def train_and_evaluate(
+  config, workdir: str, *, devices=None, progress: bool = True, stop_at: int | None = None, profile: bool = False
+) -> dict:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates, writes results.json.
 
   `stop_at` behaves like a preemption signal arriving at that step (checkpoint, then return): for tests and drills.
@@ -291,8 +363,13 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
       f.write(config.to_json_best_effort(indent=2))
 
   # Data: global batches sharded over the batch axes of the mesh.
-  data = input_pipeline.build(config.data, split="train", global_batch_size=config.batch_size,
-                              sharding=mesh_lib.batch_sharding(mesh), seed=config.seed)
+  data = input_pipeline.build(
+    config.data,
+    split="train",
+    global_batch_size=config.batch_size,
+    sharding=mesh_lib.batch_sharding(mesh),
+    seed=config.seed,
+  )
   first_batch = next(data)
 
   # Method, optimizer, state born in its shardings.
@@ -362,8 +439,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
           results = evaluate(config, method, state, mesh, writer=writer, step=step)
           checkpointer.save_best(step, state, data.get_state(), results)
         if stopping:
-          logging.warning("Stop requested (%s): checkpoint saved at step %d, exiting.",
-                          stop.signal or "stop_at", step)
+          logging.warning("Stop requested (%s): checkpoint saved at step %d, exiting.", stop.signal or "stop_at", step)
           return {"stopped_at_step": int(state.step)}
 
     plot_dir = os.path.join(workdir, "plots")
@@ -379,6 +455,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, progress: bool = T
 
   if jax.process_index() == 0:
     from evaluators import plots
+
     plots.plot_curves(writer.jsonl_path, plot_dir)
     results["plots"] = sorted(os.path.join(plot_dir, f) for f in os.listdir(plot_dir) if f.endswith(".png"))
     with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -390,13 +467,15 @@ def _check_finite(metrics: dict, config, step: int) -> None:
   host = host_scalars({k: metrics[k] for k in ("nonfinite", "loss", "grad_norm")})
   if float(host["nonfinite"]) and config.get("nonfinite", "stop") == "stop":
     raise NonFiniteLossError(
-        f"Non-finite loss or gradient at step {step} (loss={float(host['loss'])}, "
-        f"grad_norm={float(host['grad_norm'])}); the update was not applied and the last checkpoint is intact. "
-        "Lower the learning rate, or set config.nonfinite='skip' to skip such steps.")
+      f"Non-finite loss or gradient at step {step} (loss={float(host['loss'])}, "
+      f"grad_norm={float(host['grad_norm'])}); the update was not applied and the last checkpoint is intact. "
+      "Lower the learning rate, or set config.nonfinite='skip' to skip such steps."
+    )
 
 
 def _progress(start: int, total: int, enabled: bool):
   from tqdm import tqdm
+
   return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
 
 
@@ -410,19 +489,32 @@ def embed_split(config, method: methods.Method, state: TrainState, mesh: Mesh, s
 
 def _embed_images(config, method: methods.Method, state: TrainState, mesh: Mesh, images: np.ndarray) -> np.ndarray:
   import evaluators
+
   embed = jax.jit(method.embed_fn)
-  return evaluators.embed_arrays(lambda b: embed(state.params, state.model_state, b), {"image": images},
-                                 batch_size=config.eval.batch_size, sharding=mesh_lib.batch_sharding(mesh))
+  return evaluators.embed_arrays(
+    lambda b: embed(state.params, state.model_state, b),
+    {"image": images},
+    batch_size=config.eval.batch_size,
+    sharding=mesh_lib.batch_sharding(mesh),
+  )
 
 
 def _class_names(config) -> list[str] | None:
   source = input_pipeline.sources.get_source(config.data, "test")
   names = getattr(source, "class_names", None)
-  return list(names)[:config.data.num_classes] if names is not None else None
+  return list(names)[: config.data.num_classes] if names is not None else None
 
 
-def evaluate(config, method: methods.Method, state: TrainState, mesh: Mesh, *, writer: MetricWriter | None = None,
-             step: int = 0, plot_dir: str | None = None) -> dict:
+def evaluate(
+  config,
+  method: methods.Method,
+  state: TrainState,
+  mesh: Mesh,
+  *,
+  writer: MetricWriter | None = None,
+  step: int = 0,
+  plot_dir: str | None = None,
+) -> dict:
   """The method's own evaluation, else kNN, linear probe and representation health on frozen test features.
 
   With `plot_dir`, also writes a 2-D PCA of the test features and a histogram of positive vs negative similarities.
@@ -441,28 +533,44 @@ def evaluate(config, method: methods.Method, state: TrainState, mesh: Mesh, *, w
 def _evaluate_image_features(config, method, state, mesh, step: int, plot_dir: str | None) -> dict:
   import evaluators
   from input_pipeline import augment_jax
+
   train_x, train_y = embed_split(config, method, state, mesh, "train", config.eval.get("train_examples"))
   test = input_pipeline.load_split(config.data, "test")
   test_x, test_y = _embed_images(config, method, state, mesh, test["image"]), test["label"]
   num_classes = config.data.num_classes
   results = {"step": step, "chance": 1.0 / num_classes}
-  results["knn_accuracy"] = float(evaluators.knn_accuracy(
-      train_x, train_y, test_x, test_y, k=config.eval.knn_k, temperature=config.eval.knn_temperature,
-      num_classes=num_classes))
+  results["knn_accuracy"] = float(
+    evaluators.knn_accuracy(
+      train_x,
+      train_y,
+      test_x,
+      test_y,
+      k=config.eval.knn_k,
+      temperature=config.eval.knn_temperature,
+      num_classes=num_classes,
+    )
+  )
   if config.eval.linear_probe:
     probe = evaluators.linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=config.seed)
     results["linear_probe_accuracy"] = float(probe["accuracy"])
     results["linear_probe_best_lr"] = float(probe["best_lr"])
   # Health of the representation: positives are two augmentations of one test image.
-  images = test["image"][:config.eval.get("health_examples", 1024)]
-  views = [np.asarray(jax.jit(functools.partial(augment_jax.simclr_augment, **config.augment.to_dict()))(
-      jax.random.PRNGKey(config.seed + v), images)) for v in range(2)]
+  images = test["image"][: config.eval.get("health_examples", 1024)]
+  views = [
+    np.asarray(
+      jax.jit(functools.partial(augment_jax.simclr_augment, **config.augment.to_dict()))(
+        jax.random.PRNGKey(config.seed + v), images
+      )
+    )
+    for v in range(2)
+  ]
   z1, z2 = (np.asarray(evaluators.l2_normalize(_embed_images(config, method, state, mesh, v))) for v in views)
   results["alignment"] = float(evaluators.alignment(z1, z2))
   results["uniformity"] = float(evaluators.uniformity(z1))
   results["effective_rank"] = float(evaluators.effective_rank(test_x))
   if plot_dir:
     from evaluators import plots
+
     os.makedirs(plot_dir, exist_ok=True)
     plots.plot_embeddings_2d(test_x, test_y, _class_names(config), os.path.join(plot_dir, "embeddings_2d.png"))
     plots.plot_similarity_histogram(z1, z2, os.path.join(plot_dir, "similarities.png"))

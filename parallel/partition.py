@@ -1,8 +1,10 @@
 """Sharding of parameters and optimizer state by regex rules on parameter names (big_vision style)."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -38,8 +40,9 @@ def fsdp_spec(shape: Sequence[int], mesh: Mesh, axis: str = "fsdp", min_size: in
   return P()
 
 
-def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = DEFAULT_RULES,
-                    fsdp_min_size: int = 2**14) -> Any:
+def infer_shardings(
+  tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = DEFAULT_RULES, fsdp_min_size: int = 2**14
+) -> Any:
   """Maps each leaf of an (abstract) pytree to a NamedSharding by the first rule whose regex matches its path.
 
   Paths are "/"-joined keys of the whole TrainState, e.g. "params/backbone/encoder/block0/mlp/fc1/kernel" or
@@ -65,6 +68,8 @@ def infer_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, str]] = DE
 
 def bytes_per_device(tree: Any, shardings: Any) -> int:
   """Bytes of an (abstract) pytree that one device holds under `shardings` (the largest shard of each leaf)."""
+
   def leaf_bytes(leaf, sharding):
     return int(np.prod(sharding.shard_shape(leaf.shape))) * np.dtype(leaf.dtype).itemsize
+
   return sum(jax.tree.leaves(jax.tree.map(leaf_bytes, tree, shardings)))

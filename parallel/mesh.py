@@ -1,4 +1,5 @@
 """The one global device mesh of a run and the shardings derived from it."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,9 @@ def build_mesh(mesh_config=None, devices: list | None = None) -> Mesh:
     sizes[unknown[0]] = len(devices) // known
   if math.prod(sizes.values()) != len(devices):
     raise ValueError(f"Mesh {sizes} needs {math.prod(sizes.values())} devices but {len(devices)} are available.")
-  return jax.make_mesh(tuple(sizes.values()), tuple(sizes), axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                       devices=devices)
+  return jax.make_mesh(
+    tuple(sizes.values()), tuple(sizes), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
+  )
 
 
 def batch_spec(mesh: Mesh) -> P:
@@ -56,8 +58,12 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, accum_steps: int = 1) -
   """Fails at start-up, naming the numbers, when the batch (or its micro-batches) does not split over the devices."""
   shards = num_batch_shards(mesh)
   if global_batch_size % shards:
-    raise ValueError(f"batch_size={global_batch_size} is not divisible by the number of data shards ({shards} devices on "
-                     f"mesh axes {batch_axis_name(mesh)}); choose a multiple of {shards}.")
+    raise ValueError(
+      f"batch_size={global_batch_size} is not divisible by the number of data shards ({shards} devices on "
+      f"mesh axes {batch_axis_name(mesh)}); choose a multiple of {shards}."
+    )
   if accum_steps < 1 or global_batch_size % (accum_steps * shards):
-    raise ValueError(f"batch_size={global_batch_size} does not split into grad_accum_steps={accum_steps} micro-batches "
-                     f"of a multiple of the {shards} data shards; choose a multiple of {max(accum_steps, 1) * shards}.")
+    raise ValueError(
+      f"batch_size={global_batch_size} does not split into grad_accum_steps={accum_steps} micro-batches "
+      f"of a multiple of the {shards} data shards; choose a multiple of {max(accum_steps, 1) * shards}."
+    )
