@@ -27,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import glob
-import io
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import shapes
+from records import images
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,22 +65,6 @@ class ArraySource(Source):
 
   def read(self, indices):
     return {k: v[indices] for k, v in self.columns.items()}, np.ones(len(indices), bool)
-
-
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
-  """Encoded image bytes -> uint8 [S, S, 3]: RGB, shorter side resized to S, centre-cropped."""
-  from PIL import Image
-
-  with Image.open(io.BytesIO(data)) as im:
-    im = im.convert("RGB")
-    w, h = im.size
-    if (w, h) != (image_size, image_size):
-      scale = image_size / min(w, h)
-      nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-      im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
-      left, top = (nw - image_size) // 2, (nh - image_size) // 2
-      im = im.crop((left, top, left + image_size, top + image_size))
-    return np.asarray(im, np.uint8)
 
 
 @functools.cache
@@ -112,7 +96,7 @@ class EncodedImageSource(Source):
 
   def _decode_row(self, i: int) -> np.ndarray | None:
     try:
-      return decode_image(self.load(i), self.image_size)
+      return images.decode_image(self.load(i), self.image_size)
     except Exception as e:  # Corrupt / missing / unsupported: skip the row, never crash mid-run.
       logging.warning("input_pipeline: skipping row %d: %s: %s", i, type(e).__name__, e)
       return None
@@ -497,19 +481,9 @@ def tfds_source(data_config, split: str, dataset: str) -> Source:
     x = images[i]
     if isinstance(x, bytes):
       return x
-    return _encode_png(x)  # Datasets with decoded images (e.g. mock data): re-encode to one decode path.
+    return images.encode_png(x)  # Datasets with decoded images (e.g. mock data): re-encode to one decode path.
 
   return EncodedImageSource(len(images), load, size, out, cache=_cfg(data_config, "cache", False))
-
-
-def _encode_png(x: np.ndarray) -> bytes:
-  from PIL import Image
-
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(x, np.uint8).squeeze(-1) if x.shape[-1] == 1 else np.asarray(x, np.uint8)).save(
-    buf, format="PNG"
-  )
-  return buf.getvalue()
 
 
 def read_all(source: Source, chunk: int = 4096) -> tuple[dict[str, np.ndarray], int]:
