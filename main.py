@@ -1,15 +1,21 @@
 """Command line: train, evaluate, export or embed with a config file.
 
-python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr [--config.batch_size=512 ...]
-python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=eval
-python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr --mode=export
-python main.py --mode=embed --workdir=workdirs/simclr --input=images.npy --output=emb.npy
-python main.py --mode=embed --workdir=workdirs/clip --input=sentences.txt --output=text_emb.npy   # text tower
-python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # one per host
+    python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr [--config.batch_size=512 ...]
+    python main.py --workdir=workdirs/simclr --mode=eval        # the run's saved config.json
+    python main.py --workdir=workdirs/simclr --mode=export [--config.export.formats="('hf',)"]
+    python main.py --mode=embed --workdir=workdirs/simclr --input=images/ --output=emb.npy
+    python main.py --config=configs/clip_shapes.py:tiny --workdir=w \
+        --config.evals.cifar10.type=zero_shot --config.evals.cifar10.data.name=cifar10_npz   # a new named evaluation
+    python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # one per host
+
+`--config.<key>=<value>` overrides any key the config declares (configs/default.py; configs/overrides.py says where new
+keys are accepted). Bad input stops with one line on stderr and exit code 2; `--verbose` (or CONTRASTIVE_VERBOSE=1)
+shows the traceback.
 """
 
+from __future__ import annotations
+
 import json
-import logging
 import os
 import sys
 
@@ -17,7 +23,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(arg); `file.py:arg` passes arg.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Recipe file with get_config(arg); `file.py:arg` passes arg. Default: <workdir>/config.json.",
+  lock_config=False,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and exports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "embed"], "What to do.")
 _INPUT = flags.DEFINE_string("input", None, "--mode=embed: .npy array, folder of images, or text file.")
@@ -31,24 +40,29 @@ _TOWER = flags.DEFINE_enum(
   "folder or .npy, text for a text file; --tower=text with a .npy takes token ids).",
 )
 _PROFILE = flags.DEFINE_bool(
-  "profile",
-  False,
-  "--mode=train: write a jax.profiler trace of config.profile_steps "
-  "(default: the 3rd to 5th step) to <workdir>/profile.",
+  "profile", False, "--mode=train: trace config.profile_steps (default the 3rd to 5th step) into <workdir>/profile."
 )
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also CONTRASTIVE_VERBOSE=1).")
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address",
   None,
-  "Multi-process runs: host:port of process 0 "
-  "(default $JAX_COORDINATOR_ADDRESS; on SLURM/Open MPI/Cloud TPU detected).",
+  "Multi-process runs: host:port of process 0 (default $JAX_COORDINATOR_ADDRESS; SLURM / Cloud TPU are detected).",
 )
-_NUM_PROCESSES = flags.DEFINE_integer(
-  "num_processes", None, "Multi-process runs: number of processes (default $JAX_NUM_PROCESSES)."
-)
-_PROCESS_ID = flags.DEFINE_integer(
-  "process_id", None, "Multi-process runs: this process's index (default $JAX_PROCESS_ID)."
-)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
 flags.mark_flag_as_required("workdir")
+
+_OVERRIDES: list[tuple[str, str]] = []  # --config.<path>=<value> pairs, applied by configs.overrides
+
+
+def load_config(workdir: str):
+  """The --config recipe, else the run's saved <workdir>/config.json; then the --config.* overrides."""
+  from configs import overrides, saved
+
+  config = _CONFIG.value
+  if config is None:
+    config = saved.load(workdir)
+  return overrides.apply(config, _OVERRIDES)
 
 
 def main(argv):
@@ -67,9 +81,7 @@ def main(argv):
     )
     print(f"wrote {out}")
     return
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required for --mode=train/eval/export (e.g. --config=configs/simclr_shapes.py).")
+  config = load_config(workdir)
 
   from train import distributed
 
@@ -79,86 +91,49 @@ def main(argv):
   if _MODE.value == "train":
     results = trainer.train_and_evaluate(config, workdir, profile=_PROFILE.value)
     if "stopped_at_step" not in results and config.export.enabled:
-      _export(config, workdir)
+      results["export_dir"] = trainer.export(config, workdir)
+  elif _MODE.value == "eval":
+    results = trainer.evaluate_checkpoint(config, workdir)
   else:
-    mesh, method, state = trainer.restore_trained(config, workdir)
-    if _MODE.value == "eval":
-      results = trainer.evaluate(config, method, state, mesh, step=int(state.step))
-    else:
-      results = {"export_dir": _export(config, workdir, (method, state))}
+    results = {"export_dir": trainer.export(config, workdir)}
   print(json.dumps(results, indent=2))
 
 
-def _export(config, workdir: str, trained=None) -> str:
-  """Exports every tower of the method (image and / or text) to <workdir>/export, with one model card."""
-  from export import jax_export
-  from train import trainer
-
-  if trained is None:
-    _, method, state = trainer.restore_trained(config, workdir)
-  else:
-    method, state = trained
-  out = os.path.join(os.path.abspath(workdir), "export")
-  if os.path.exists(os.path.join(out, jax_export.MODEL_CARD)):  # list only this export's towers
-    os.remove(os.path.join(out, jax_export.MODEL_CARD))
-  # A sentence encoder's embed_fn is its text tower: it has no image tower.
-  towers = (["image"] if method.embed_text_fn is not method.embed_fn else []) + (
-    ["text"] if method.embed_text_fn is not None else []
-  )
-  size, max_len = config.data.image_size, config.data.get("max_text_len", 64)
-  args = (method, state.params, state.model_state)
-  if "image" in towers:
-    jax_export.export_image_encoder(*args, image_shape=(size, size, 3), out_dir=out, config=config)
-  if "text" in towers:
-    jax_export.export_text_encoder(
-      *args,
-      max_len=max_len,
-      out_dir=out,
-      tokenizer=config.data.get("tokenizer", "bytes"),
-      tokenizer_path=config.data.get("tokenizer_path", ""),
-      config=config,
-    )
-  print(f"exported the {' and '.join(towers)} tower(s) (jax.export) to {out}")
-  if config.export.get("saved_model", True):
-    try:
-      import tensorflow  # noqa: F401  (optional: GPU machines may not have it)
-    except ImportError:
-      logging.warning("TensorFlow is not installed: skipping the SavedModel export.")
+def _split_config_overrides(argv: list[str]) -> list[str]:
+  """Takes the `--config.<path>=<value>` (or `--config.<path> <value>`) arguments out of argv into _OVERRIDES."""
+  rest, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      path, eq, value = arg[len("--config.") :].partition("=")
+      if not eq:
+        if i + 1 >= len(argv):
+          sys.exit(f"error: --config.{path} needs a value (--config.{path}=<value>).")
+        i, value = i + 1, argv[i + 1]
+      _OVERRIDES.append((path, value))
     else:
-      from export import saved_model
-
-      if "image" in towers:
-        print(
-          f"exported the image encoder (TF SavedModel) to "
-          f"{saved_model.export_image_encoder_saved_model(*args, image_shape=(size, size, 3), out_dir=out)}"
-        )
-      if "text" in towers:
-        print(
-          f"exported the text encoder (TF SavedModel) to "
-          f"{saved_model.export_text_encoder_saved_model(*args, max_len=max_len, out_dir=out)}"
-        )
-  return out
+      rest.append(arg)
+    i += 1
+  return rest
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but an unknown `--config.a.b` key is one clear line instead of a traceback."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_split_config_overrides(argv))
   except flags.Error as e:
-    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
-  except (AttributeError, KeyError) as e:
-    overrides = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
-    sys.exit(
-      f"error: unknown config key ({e}) among the overrides {overrides}: every --config.<key> must name a field "
-      "that the config file defines."
-    )
+    sys.exit(f"error: {e}\nPass --helpshort or --helpfull to see help on flags.")
 
 
 def run():
+  verbose = os.environ.get("CONTRASTIVE_VERBOSE", "") not in ("", "0") or "--verbose" in sys.argv
   try:
     app.run(main, flags_parser=_parse_flags)
-  except (ValueError, FileNotFoundError) as e:  # bad input: one clear message, no traceback wall
-    print(f"error: {e}", file=sys.stderr)
+  except Exception as e:  # bad input or a clear stop: one line, no traceback wall
+    from train import errors
+
+    if verbose or not errors.is_clear_stop(e):
+      raise
+    print(f"error: {errors.one_line(e)}", file=sys.stderr)
     sys.exit(2)
 
 

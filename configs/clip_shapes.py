@@ -12,42 +12,23 @@ and EOT pooling, as CLIP; default bidirectional with mean pooling), jsonl (image
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "vit", "causal", "jsonl"))
-  # 128 rows of 2 pairs each: a shapes scene and the same scene with another shape (data.hard_negatives), so every
-  # batch holds pairs that only the shape tells apart; 256 image-text pairs per step.
   c = common.base("clip", batch_size=128, total_steps=1500)
-  c.data = common.shapes_data(max_text_len=56, hard_negatives=True)
+  common.shapes_data(c, max_text_len=56, hard_negatives=True)
 
-  c.model = ml_collections.ConfigDict(
-    dict(
-      image=common.vit() if "vit" in args else common.resnet(),
-      text=common.text_transformer(56, causal="causal" in args),
-      embed_dim=64,
-      logit_scale_init=2.6593,
-      max_logit_scale=100.0,
-      lock_image=False,
-    )
-  )  # log(1 / 0.07)
-  c.loss = ml_collections.ConfigDict(dict(name="clip_softmax_loss", mode="dense", chunk_size=0))
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=2e-3,
-      b1=0.9,
-      b2=0.98,
-      weight_decay=0.1,
-      warmup_steps=50,
-      schedule="cosine",
-      grad_clip_norm=1.0,
-    )
+  image = common.vit() if "vit" in args else common.resnet()
+  c.model = default.two_tower_model(image, common.text_transformer(56, causal="causal" in args))
+  # "dense" gathers the full [N, N] logits; "chunked" / "ring" cover them in [n, chunk_size] blocks (same loss and
+  # gradients, memory O(local batch x chunk)).
+  c.loss.update(dict(name="clip_softmax_loss", mode="dense", chunk_size=256))
+  c.optimizer.update(
+    dict(name="adamw", base_lr=2e-3, b1=0.9, b2=0.98, weight_decay=0.1, warmup_steps=50, grad_clip_norm=1.0)
   )
-
-  c.eval = common.image_text_eval()
-  c.export = ml_collections.ConfigDict(dict(enabled=True))  # both towers: uint8 images / int32 token ids -> embedding
+  c.evals = common.image_text_evals()
 
   if "jsonl" in args:
     c.data.update(common.jsonl_pairs(), hard_negatives=False)

@@ -11,62 +11,41 @@ Arguments (comma separated): tiny, jsonl (image-text pairs, --config.data.path=p
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "jsonl"))
   c = common.base("coca", batch_size=256, total_steps=1000)
-  c.data = common.shapes_data(max_text_len=64)
+  common.shapes_data(c, max_text_len=64)
 
-  c.model = ml_collections.ConfigDict(
-    dict(
-      image=common.vit(),
-      text=common.text_transformer(64, causal=True),
-      decoder=dict(vocab_size=259, context_length=64, width=64, depth=2, num_heads=4),
-      embed_dim=64,
-      logit_scale_init=2.6593,
-      max_logit_scale=100.0,
-      num_classes=0,
-    )
+  c.model = default.multitask_model(
+    common.vit(),
+    text=common.text_transformer(64, causal=True),
+    decoder=dict(vocab_size=259, context_length=64, width=64, depth=2, num_heads=4),
   )
   # CoCa weighs captioning 2 : contrastive 1 (Yu et al. 2022).
-  c.loss = ml_collections.ConfigDict(
-    dict(
-      terms=dict(
-        clip=dict(
-          name="clip_softmax_loss",
-          weight=1.0,
-          inputs=("image_emb", "text_emb", "logit_scale"),
-          kwargs=dict(mode="dense"),
-        ),
-        caption=dict(
-          name="token_cross_entropy",
-          weight=2.0,
-          inputs=("caption_logits", "caption_targets", "caption_mask"),
-          kwargs=dict(label_smoothing=0.0),
-        ),
-      )
-    )
+  c.loss.terms = dict(
+    clip=dict(
+      name="clip_softmax_loss", weight=1.0, inputs=("image_emb", "text_emb", "logit_scale"), kwargs=dict(mode="dense")
+    ),
+    caption=dict(
+      name="token_cross_entropy",
+      weight=2.0,
+      inputs=("caption_logits", "caption_targets", "caption_mask"),
+      kwargs=dict(label_smoothing=0.0),
+    ),
   )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=1e-3,
-      b1=0.9,
-      b2=0.98,
-      weight_decay=0.05,
-      warmup_steps=50,
-      schedule="cosine",
-      grad_clip_norm=1.0,
-    )
+  c.optimizer.update(
+    dict(name="adamw", base_lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.05, warmup_steps=50, grad_clip_norm=1.0)
   )
-
-  c.eval = common.image_text_eval(caption_examples=256)
-  c.export = ml_collections.ConfigDict(dict(enabled=True))  # the image encoder's pooled features
+  c.evals = common.image_text_evals()
+  c.evals.captioning = default.eval_config("captioning", examples=256)
 
   if "jsonl" in args:
     c.data.update(common.jsonl_pairs())
+    del c.evals["zero_shot"]  # image-text pairs without labels
+    c.evals.captioning.examples = 0
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)
     c.model.image = common.vit(width=16, depth=1, num_heads=2)

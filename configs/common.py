@@ -1,8 +1,11 @@
-"""Blocks the recipes in configs/ share; each recipe file keeps the values specific to its method in view."""
+"""Blocks the recipes in configs/ share, on top of the base schema configs/default.py; each recipe keeps the values
+specific to its method in view."""
 
 from collections.abc import Sequence
 
 import ml_collections
+
+from configs import default
 
 TINY_TEXT_LEN = 48  # tokens per caption in tiny runs; text towers' context_length must match
 
@@ -27,41 +30,26 @@ def base(
   checkpoint_every: int = 500,
   keep_checkpoints: int = 2,
 ) -> ml_collections.ConfigDict:
-  """Trainer keys of every recipe: method, seed, global batch, steps, NaN/Inf policy, mesh, log/checkpoint cadence."""
-  c = ml_collections.ConfigDict()
-  c.method = method
-  c.seed = 0
-  c.batch_size = batch_size
-  c.total_steps = total_steps
-  c.nonfinite = "stop"  # or "skip": a NaN/Inf step is never applied; "stop" raises with a clear message
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.log_every = log_every
-  c.checkpoint_every = checkpoint_every
-  c.keep_checkpoints = keep_checkpoints
+  """The base schema with a recipe's trainer keys: method, global batch, steps, log / checkpoint cadence."""
+  c = default.get_config()
+  c.update(
+    dict(
+      method=method,
+      batch_size=batch_size,
+      total_steps=total_steps,
+      log_every=log_every,
+      checkpoint_every=checkpoint_every,
+      keep_checkpoints=keep_checkpoints,
+    )
+  )
   return c
 
 
-def shapes_data(*, max_text_len: int = 0, normalize: bool = True, **extra) -> ml_collections.ConfigDict:
-  """The embedded "shapes" data; byte-tokenized captions if max_text_len > 0, image mean / std if normalize."""
-  data = ml_collections.ConfigDict(
-    dict(
-      name="shapes",
-      image_size=32,
-      num_classes=10,
-      train_size=20000,
-      test_size=2000,
-      seed=0,
-      tokenizer="bytes" if max_text_len else "",
-    )
-  )
+def shapes_data(c: ml_collections.ConfigDict, *, max_text_len: int = 0, **extra) -> None:
+  """The embedded "shapes" data (the schema's default source); byte-tokenized captions if max_text_len > 0."""
   if max_text_len:
-    data.max_text_len = max_text_len
-    data.caption_word_dropout = 0.0  # language augmentation of training captions (input_pipeline)
-    data.hard_negatives = False  # shapes: each training row also carries its scene with another shape
-  if normalize:
-    data.update(dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
-  data.update(extra)
-  return data
+    c.data.update(dict(tokenizer="bytes", max_text_len=max_text_len))
+  c.data.update(extra)
 
 
 def cifar10_npz() -> dict:
@@ -103,20 +91,15 @@ def tiny_text() -> dict:
   return dict(context_length=TINY_TEXT_LEN, width=16, depth=1, num_heads=2)
 
 
-def probe_eval(*, by_trainer: bool = True, **extra) -> ml_collections.ConfigDict:
-  """kNN and linear probe on frozen features; by_trainer adds the keys of the trainer's own encoder evaluation."""
-  ev = ml_collections.ConfigDict(dict(batch_size=512, knn_k=200, knn_temperature=0.1, train_examples=10000))
-  if by_trainer:
-    ev.update(dict(linear_probe=True, every_steps=0, health_examples=1024))
-  ev.update(extra)
-  return ev
-
-
-def image_text_eval(**extra) -> ml_collections.ConfigDict:
-  """Zero-shot classification and retrieval on the whole test split, with the data's class names and templates."""
+def image_text_evals(**zero_shot) -> ml_collections.ConfigDict:
+  """Zero-shot classification and image <-> text retrieval on the run's own test split (image-text recipes)."""
   return ml_collections.ConfigDict(
-    dict(batch_size=512, test_examples=0, class_names=(), templates=(), every_steps=0, **extra)
+    dict(zero_shot=default.eval_config("zero_shot", **zero_shot), retrieval=default.eval_config("retrieval"))
   )
+
+
+# Evaluation options that tiny runs shrink, by option name.
+_TINY_EVAL = dict(batch_size=32, train_examples=64, k=10, epochs=5)
 
 
 def tiny(c: ml_collections.ConfigDict, *, adamw: bool = False) -> None:
@@ -124,17 +107,17 @@ def tiny(c: ml_collections.ConfigDict, *, adamw: bool = False) -> None:
   # 64 examples of at most 16 px, batch 16, 20 steps at lr 3e-3 with 1 warm-up step and no weight decay, log every
   # step, checkpoint every 10, small evaluations, no colour jitter or grayscale.
   c.data.update(dict(image_size=min(c.data.image_size, 16), train_size=64, test_size=64))
-  if "max_text_len" in c.data:
+  if c.data.tokenizer:
     c.data.max_text_len = TINY_TEXT_LEN
   c.batch_size = 16
   c.total_steps = 20
   if adamw:
-    c.optimizer = ml_collections.ConfigDict(dict(name="adamw", schedule="cosine"))
+    c.optimizer.update(dict(name="adamw", schedule="cosine", scale_by_batch=False, b1=0.9, b2=0.999))
   c.optimizer.update(dict(base_lr=3e-3, warmup_steps=1, weight_decay=0.0))
   c.log_every = 1
   c.checkpoint_every = 10
-  small_eval = dict(batch_size=32, knn_k=10, train_examples=64, health_examples=32, caption_examples=32)
-  c.eval.update({k: v for k, v in small_eval.items() if k in c.eval})
-  if "augment" in c:
-    small_augment = dict(crop_scale=(0.5, 1.0), jitter_prob=0.0, grayscale_prob=0.0)
-    c.augment.update({k: v for k, v in small_augment.items() if k in c.augment})
+  for entry in c.evals.values():
+    entry.update({k: v for k, v in _TINY_EVAL.items() if k in entry})
+    entry.examples = min(entry.examples or 64, 64)
+  small_augment = dict(crop_scale=(0.5, 1.0), jitter_prob=0.0, grayscale_prob=0.0)
+  c.augment.update({k: v for k, v in small_augment.items() if k in c.augment})

@@ -18,44 +18,23 @@ projections and the temperature train; --config.pretrained.path=<Hugging Face BE
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "minilm"))
   c = common.base("lit", batch_size=256, total_steps=600, checkpoint_every=300)
-  c.data = common.shapes_data(max_text_len=64)
+  common.shapes_data(c, max_text_len=64)
 
-  c.model = ml_collections.ConfigDict(
-    dict(
-      image=common.resnet(),
-      text=common.text_transformer(64, causal=True),
-      embed_dim=64,
-      logit_scale_init=2.6593,
-      max_logit_scale=100.0,  # log(1 / 0.07)
-      lock_image=True,
-      image_checkpoint="workdirs/simclr",
-      image_checkpoint_key="backbone",
-      lock_text=False,
-    )
+  c.model = default.two_tower_model(
+    common.resnet(), common.text_transformer(64, causal=True), lock_image=True, image_checkpoint="workdirs/simclr"
   )
-  c.pretrained = ml_collections.ConfigDict(dict(kind="bert", path="", subtree="text_tower"))
-  c.loss = ml_collections.ConfigDict(dict(name="clip_softmax_loss", mode="dense", chunk_size=0))
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=1e-3,
-      b1=0.9,
-      b2=0.98,
-      weight_decay=0.1,
-      warmup_steps=50,
-      schedule="cosine",
-      grad_clip_norm=1.0,
-    )
+  c.pretrained.subtree = "text_tower"
+  c.loss.update(dict(name="clip_softmax_loss", mode="dense", chunk_size=256))
+  c.optimizer.update(
+    dict(name="adamw", base_lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.1, warmup_steps=50, grad_clip_norm=1.0)
   )
-
-  c.eval = common.image_text_eval()
-  c.export = ml_collections.ConfigDict(dict(enabled=True))  # both towers
+  c.evals = common.image_text_evals()
 
   if "minilm" in args:  # Bert defaults are MiniLM's sizes
     c.pretrained.path = "minilm"

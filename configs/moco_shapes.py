@@ -10,42 +10,26 @@ Arguments (comma separated): tiny, mochi, cifar10.
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "mochi", "cifar10"))
   c = common.base("moco", batch_size=256, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-  c.data = common.shapes_data()
 
-  c.model = ml_collections.ConfigDict(common.resnet())
-  c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
-  c.moco = ml_collections.ConfigDict(dict(queue_size=4096, momentum=0.99))
-  c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.2))
-  c.augment = ml_collections.ConfigDict(
-    dict(crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2)
+  c.model.update(common.resnet())
+  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c.moco = default.moco()
+  c.moco.momentum = 0.99
+  c.loss.update(dict(name="nt_xent", temperature=0.2))
+  c.augment = default.image_augment(crop_scale=(0.2, 1.0))
+  c.optimizer.update(
+    dict(name="sgd", base_lr=0.06, scale_by_batch=True, weight_decay=5e-4, momentum=0.9, warmup_steps=20)
   )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="sgd",
-      base_lr=0.06,
-      scale_by_batch=True,
-      batch_size=c.get_ref("batch_size"),
-      weight_decay=5e-4,
-      momentum=0.9,
-      warmup_steps=20,
-      schedule="cosine",
-      grad_clip_norm=0.0,
-    )
-  )
-
-  c.eval = common.probe_eval()
-  c.export = ml_collections.ConfigDict(dict(enabled=True))
+  c.evals = default.probe_evals()
 
   if "mochi" in args:
-    c.loss = ml_collections.ConfigDict(
-      dict(name="mochi", temperature=0.2, num_hard=512, num_mixed=128, num_query_mixed=64, query_mix_max=0.5)
-    )
+    c.loss.update(dict(name="mochi", num_hard=512, num_mixed=128, num_query_mixed=64, query_mix_max=0.5))
   if "cifar10" in args:
     c.data.update(common.cifar10_npz())
     c.model.stage_sizes = (2, 2, 2, 2)

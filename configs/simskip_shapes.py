@@ -18,49 +18,44 @@ on CPU prefer `sts`, the same MiniLM embeddings precomputed).
 
 import ml_collections
 
-from configs import common
+from configs import common, default
+
+
+def _both(evals: dict) -> ml_collections.ConfigDict:
+  """Each evaluation twice: on the refined embeddings (embed_<kind>) and, as `<name>_input`, on the inputs."""
+  out = ml_collections.ConfigDict()
+  for name, entry in evals.items():
+    out[name] = entry
+    out[f"{name}_input"] = ml_collections.ConfigDict(entry.to_dict())
+    out[f"{name}_input"].predict = f"input_{entry.predict.split('_', 1)[1]}" if entry.predict else "input_image"
+  return out
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "sts", "encoder", "text"))
   c = common.base("simskip", batch_size=256, total_steps=1000)
-  c.data = common.shapes_data(path="")
 
   # out = x + gamma * MLP(x), gamma = 0 at init: training starts at the identity, so the refined embeddings begin
   # exactly as good as the inputs. out_dim None keeps the input width (the skip connection needs it).
-  c.model = ml_collections.ConfigDict(
-    dict(name="mlp_encoder", hidden_dim=512, num_layers=2, use_bn=False, zero_init_residual=True)
-  )
-  c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2, use_bn=False))
+  c.model.update(dict(name="mlp_encoder", hidden_dim=512, num_layers=2, use_bn=False, zero_init_residual=True))
+  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2, use_bn=False))
   # project=False: NT-Xent on the skip output itself, the embedding that is evaluated (the head is not built).
   # Chosen on tuning data only: STS-B train pairs (for sts) and shapes with data.seed=1 (for the default).
-  c.simskip = ml_collections.ConfigDict(
-    dict(
-      pixel_pool=8,
-      dropout=0.1,
-      noise=0.1,
-      project=False,
-      text_tower="",
-      encoder_checkpoint="",
-      encoder_checkpoint_key="backbone",
-      encoder=common.resnet(),
-    )
+  c.simskip = default.simskip(encoder=common.resnet())
+  c.loss.update(dict(name="nt_xent", temperature=0.1))
+  c.optimizer.update(dict(name="adamw", base_lr=1e-3, weight_decay=1e-4, warmup_steps=50, grad_clip_norm=1.0))
+  probe = dict(predict="embed_image")
+  c.evals = _both(
+    dict(knn=default.eval_config("knn", **probe), linear_probe=default.eval_config("linear_probe", **probe))
   )
-  c.loss = ml_collections.ConfigDict(dict(name="nt_xent", temperature=0.1))
-  c.optimizer = ml_collections.ConfigDict(
-    dict(name="adamw", base_lr=1e-3, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip_norm=1.0)
-  )
-
-  c.eval = common.probe_eval(by_trainer=False, sts_path="", sts_embeddings="")
-  c.export = ml_collections.ConfigDict(dict(enabled=False))  # input embeddings, not images
+  c.export.enabled = False  # input embeddings, not images
 
   if "encoder" in args:  # configs/simclr_shapes.py's encoder
     c.simskip.encoder_checkpoint = "workdirs/simclr"
   if "sts" in args or "text" in args:
     c.data.update(dict(name="embeddings", path="../shared/data/sts/stsb-{split}.minilm.npy"))
-    c.eval.update(
-      dict(sts_path="../shared/data/sts/stsb-dev.tsv", sts_embeddings="../shared/data/sts/stsb-dev.minilm.npy")
-    )
+    sts = dict(path="../shared/data/sts/stsb-dev.tsv", embeddings="../shared/data/sts/stsb-dev.minilm.npy")
+    c.evals = _both(dict(sts=default.eval_config("sts", predict="embed_embedding", **sts)))
     c.batch_size = 128
     c.total_steps = 500
     c.optimizer.base_lr = 3e-4
@@ -76,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_text_len=64,
       )
     )
-    c.eval.sts_embeddings = ""
+    c.evals = _both(dict(sts=default.eval_config("sts", path="../shared/data/sts/stsb-dev.tsv", predict="embed_text")))
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)
     c.simskip.update(dict(pixel_pool=4, encoder=common.resnet((1,), width=8)))

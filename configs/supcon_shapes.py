@@ -9,36 +9,21 @@ Arguments (comma separated): tiny, cifar10.
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "cifar10"))
   c = common.base("supcon", batch_size=256, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-  c.data = common.shapes_data()
 
-  c.model = ml_collections.ConfigDict(common.resnet())
-  c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
-  c.loss = ml_collections.ConfigDict(dict(name="supcon", temperature=0.1))
-  c.augment = ml_collections.ConfigDict(
-    dict(crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2)
+  c.model.update(common.resnet())
+  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c.loss.update(dict(name="supcon", temperature=0.1))
+  c.augment = default.image_augment(crop_scale=(0.2, 1.0))
+  c.optimizer.update(
+    dict(name="lars", base_lr=1.0, scale_by_batch=True, weight_decay=1e-6, momentum=0.9, warmup_steps=50)
   )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="lars",
-      base_lr=1.0,
-      scale_by_batch=True,
-      batch_size=c.get_ref("batch_size"),
-      weight_decay=1e-6,
-      momentum=0.9,
-      warmup_steps=50,
-      schedule="cosine",
-      grad_clip_norm=0.0,
-    )
-  )
-
-  c.eval = common.probe_eval()
-  c.export = ml_collections.ConfigDict(dict(enabled=True))
+  c.evals = default.probe_evals()
 
   if "cifar10" in args:
     c.data.update(common.cifar10_npz())

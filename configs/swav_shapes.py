@@ -10,47 +10,23 @@ Arguments (comma separated): tiny, queue, cifar10.
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "queue", "cifar10"))
   c = common.base("swav", batch_size=256, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-  c.data = common.shapes_data()
 
-  c.model = ml_collections.ConfigDict(common.resnet())
-  c.head = ml_collections.ConfigDict(dict(hidden_dim=256, out_dim=64, num_layers=2))
-  c.swav = ml_collections.ConfigDict(
-    dict(
-      num_prototypes=100,
-      num_small_crops=4,
-      small_size=16,
-      large_scale=(0.3, 1.0),
-      small_scale=(0.1, 0.3),
-      freeze_prototypes_steps=50,
-      queue_size=0,
-      queue_start_step=100,
-    )
-  )
-  c.loss = ml_collections.ConfigDict(dict(name="swav", temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05))
+  c.model.update(common.resnet())
+  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c.swav = default.swav()
+  c.loss.update(dict(name="swav", temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05))
   # Colour part of the augmentation; crop scales and sizes are in c.swav.
-  c.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2))
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="lars",
-      base_lr=0.6,
-      scale_by_batch=True,
-      batch_size=c.get_ref("batch_size"),
-      weight_decay=1e-6,
-      momentum=0.9,
-      warmup_steps=50,
-      schedule="cosine",
-      grad_clip_norm=0.0,
-    )
+  c.augment.update(dict(flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2))
+  c.optimizer.update(
+    dict(name="lars", base_lr=0.6, scale_by_batch=True, weight_decay=1e-6, momentum=0.9, warmup_steps=50)
   )
-
-  c.eval = common.probe_eval()
-  c.export = ml_collections.ConfigDict(dict(enabled=True))
+  c.evals = default.probe_evals()
 
   if "queue" in args:
     c.swav.queue_size = 1024

@@ -4,8 +4,12 @@ All take embeddings as [N, D] arrays, L2-normalise rows where the definition ask
 so they can run inside a jitted train step as well as on host arrays.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from evaluators import common
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -48,3 +52,43 @@ def positive_negative_similarities(z1: jax.Array, z2: jax.Array) -> tuple[jax.Ar
   # Dropping the first element of the flattened matrix puts each diagonal entry at the end of a row of n + 1.
   off_diagonal = sims.reshape(-1)[1:].reshape(n - 1, n + 1)[:, :-1].reshape(-1)
   return jnp.diagonal(sims), off_diagonal
+
+
+class Evaluator(common.Base):
+  """`effective_rank` of the features of `examples` rows of `split`; for image data also `alignment` and
+  `uniformity` of two augmented views of each image (the run's augment settings, else SimCLR's); with a plot_dir
+  (the final evaluation) a 2-D PCA of the features by class and a histogram of positive vs negative similarities."""
+
+  def run(self, predict_fns, plot_dir=None) -> dict[str, float]:
+    import numpy as np
+
+    from input_pipeline import augment_jax
+
+    keep = ("label", "image")
+    features, kept = common.embed_split(self, predict_fns, self.cfg.split, examples=self.cfg.examples, keep=keep)
+    results = {"effective_rank": float(effective_rank(features))}
+    views = None
+    if "image" in kept:
+      augment = jax.jit(functools.partial(augment_jax.simclr_augment, **self.context.config.augment.to_dict()))
+      fn = common.get_predict(predict_fns, "embed_image", self.name)
+      embedder = common.Embedder(self.context.mesh, self.cfg.batch_size)
+      views = [
+        np.asarray(
+          l2_normalize(embedder.chunks(fn, {"image": np.asarray(augment(jax.random.key(seed), kept["image"]))}))
+        )
+        for seed in (self.context.seed, self.context.seed + 1)
+      ]
+      results.update(alignment=float(alignment(*views)), uniformity=float(uniformity(views[0])))
+    if plot_dir and self.cfg.plots:
+      import os
+
+      import input_pipeline
+      from evaluators import plots
+
+      os.makedirs(plot_dir, exist_ok=True)
+      names = input_pipeline.class_names(self.data, self.cfg.split)
+      if "label" in kept:
+        plots.plot_embeddings_2d(features, kept["label"], names, os.path.join(plot_dir, "embeddings_2d.png"))
+      if views is not None:
+        plots.plot_similarity_histogram(*views, os.path.join(plot_dir, "similarities.png"))
+    return results

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evaluators import common
+
 from evaluators.health import l2_normalize
 
 
@@ -53,3 +55,14 @@ def knn_accuracy(
     predictions.append(_knn_predict(train, labels, chunk, temperature, k=k, num_classes=num_classes))
   predictions = np.concatenate(jax.device_get(predictions))[: len(test)]
   return float(np.mean(predictions == np.asarray(test_labels)))
+
+
+class Evaluator(common.Base):
+  """`knn_top1`: kNN accuracy of `split` features against `train_split` features (at most train_examples rows)."""
+
+  def run(self, predict_fns, plot_dir=None) -> dict[str, float]:
+    train, test = common.labelled_features(self, predict_fns)
+    accuracy = knn_accuracy(
+      *train, *test, k=self.cfg.k, temperature=self.cfg.temperature, num_classes=self.data.num_classes
+    )
+    return {"knn_top1": accuracy, "chance": 1.0 / self.data.num_classes}

@@ -5,6 +5,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from evaluators import common
 import optax
 
 
@@ -107,3 +109,20 @@ def linear_probe(
   )
   accuracy = float(_accuracy(final, x_test, test_labels)[0])
   return dict(accuracy=accuracy, best_lr=best_lr, per_lr={float(lr): float(a) for lr, a in zip(lrs, val_acc)})
+
+
+class Evaluator(common.Base):
+  """`linear_probe_top1` of `split` after fitting on `train_split` features (lr chosen on a held-out train slice)."""
+
+  def run(self, predict_fns, plot_dir=None) -> dict[str, float]:
+    train, test = common.labelled_features(self, predict_fns)
+    probe = linear_probe(
+      *train,
+      *test,
+      num_classes=self.data.num_classes,
+      lrs=tuple(self.cfg.lrs),
+      epochs=self.cfg.epochs,
+      weight_decay=self.cfg.weight_decay,
+      seed=self.context.seed,
+    )
+    return {"linear_probe_top1": float(probe["accuracy"]), "best_lr": float(probe["best_lr"])}

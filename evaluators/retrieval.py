@@ -4,6 +4,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from evaluators import common
+
 from evaluators.health import l2_normalize
 
 
@@ -57,3 +59,13 @@ def retrieval_recall(
     for k in ks:
       recalls[f"{direction}_r@{k}"] = float(np.mean(ranks < k))
   return recalls
+
+
+class Evaluator(common.Base):
+  """Image <-> text recall@K (`i2t_r@K`, `t2i_r@K`) over the image-caption pairs of `split`."""
+
+  def run(self, predict_fns, plot_dir=None) -> dict[str, float]:
+    kw = dict(examples=self.cfg.examples, keep=())
+    images, _ = common.embed_split(self, predict_fns, self.cfg.split, predict="embed_image", **kw)
+    texts, _ = common.embed_split(self, predict_fns, self.cfg.split, predict="embed_text", **kw)
+    return retrieval_recall(images, texts, ks=tuple(self.cfg.ks))

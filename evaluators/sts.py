@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from evaluators import common
+
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
   """1-based ranks, ties given the mean of the ranks they span (scipy.stats.rankdata's 'average')."""
@@ -35,3 +37,25 @@ def load_sts_tsv(path: str) -> tuple[np.ndarray, list[str], list[str]]:
       first.append(fields[1])
       second.append(fields[2])
   return np.asarray(scores, np.float32), first, second
+
+
+class Evaluator(common.Base):
+  """`spearman`: 100 x Spearman of cosine similarity vs the gold scores of the scored-pair TSV `path`
+  (score<TAB>s1<TAB>s2), its sentences through embed_text, or, with `embeddings` (an .npy [N, 2, D] of the pairs'
+  precomputed embeddings), those through embed_embedding (or the `predict` option)."""
+
+  def run(self, predict_fns, plot_dir=None) -> dict[str, float]:
+    if not self.cfg.path:
+      raise ValueError(f"STS evaluation {self.name!r} needs --config.evals.{self.name}.path=<scored-pair TSV>.")
+    scores, first, second = load_sts_tsv(self.cfg.path)
+    if self.cfg.embeddings:
+      pairs = np.load(self.cfg.embeddings).astype(np.float32)
+      if len(pairs) != len(scores):
+        raise ValueError(f"{self.cfg.embeddings} has {len(pairs)} pairs, {self.cfg.path} {len(scores)}.")
+      fn = common.get_predict(predict_fns, self.cfg.predict or "embed_embedding", self.name)
+      embedder = common.Embedder(self.context.mesh, self.cfg.batch_size)
+      a, b = (embedder.chunks(fn, {"embedding": pairs[:, i]}) for i in range(2))
+    else:
+      embed = common.text_embedder(self, predict_fns, self.cfg.predict or "embed_text")
+      a, b = embed(first), embed(second)
+    return {"spearman": sts_spearman(a, b, scores)}

@@ -72,7 +72,7 @@ def _update_card(
 
 
 def export_image_encoder(
-  method,
+  embed_image,
   params: Any,
   model_state: Any,
   *,
@@ -89,7 +89,7 @@ def export_image_encoder(
   params, model_state = jax.device_get((params, model_state))
 
   def encode(images):
-    return method.embed_fn(params, model_state, {"image": images}).astype(jnp.float32)
+    return embed_image(params, model_state, {"image": images}).astype(jnp.float32)
 
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b") + tuple(image_shape), jnp.uint8)
   exported = _write_artifact(encode, spec, out_dir, "image", platforms)
@@ -108,7 +108,7 @@ def export_image_encoder(
       "mean": list(config.data.mean) if config is not None else None,
       "std": list(config.data.std) if config is not None else None,
     },
-    "the method's image features (embed_fn: joint image-text space for CLIP / SigLIP / LiT, pooled backbone "
+    "the method's image features (embed_image: joint image-text space for CLIP / SigLIP / LiT, pooled backbone "
     "features otherwise)",
     exported,
     config,
@@ -138,7 +138,7 @@ def _copy_tokenizer(name: str, path: str, out_dir: str) -> dict:
 
 
 def export_text_encoder(
-  method,
+  embed_text,
   params: Any,
   model_state: Any,
   *,
@@ -150,13 +150,11 @@ def export_text_encoder(
   platforms: tuple[str, ...] | None = None,
 ) -> str:
   """Writes `<out_dir>/text_encoder.jax_exported` (int32 [b, max_len] -> float32 [b, D]), the tokenizer file and
-  the model card entry. Needs `method.embed_text_fn`."""
-  if method.embed_text_fn is None:
-    raise ValueError("This method has no text tower to export (Method.embed_text_fn is None).")
+  the model card entry. `embed_text`: the method's predict function (params, model_state, {"text": ids}) -> [b, D]."""
   params, model_state = jax.device_get((params, model_state))
 
   def encode(tokens):
-    return method.embed_text_fn(params, model_state, {"caption": tokens}).astype(jnp.float32)
+    return embed_text(params, model_state, {"text": tokens}).astype(jnp.float32)
 
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b") + (max_len,), jnp.int32)
   exported = _write_artifact(encode, spec, out_dir, "text", platforms)

@@ -114,7 +114,7 @@ def _save(
 
 
 def export_image_encoder_saved_model(
-  method, params: Any, model_state: Any, *, image_shape: tuple[int, int, int], out_dir: str
+  embed_image, params: Any, model_state: Any, *, image_shape: tuple[int, int, int], out_dir: str
 ) -> str:
   """Writes `<out_dir>/saved_model` with signature `serving_default(images: uint8 [b, H, W, 3]) -> embeddings [b, D]`.
 
@@ -122,18 +122,18 @@ def export_image_encoder_saved_model(
   """
 
   def encode(v, images):
-    return method.embed_fn(v["params"], v["model_state"], {"image": images}).astype(np.float32)
+    return embed_image(v["params"], v["model_state"], {"image": images}).astype(np.float32)
 
   variables = jax.device_get({"params": params, "model_state": model_state})
   return _save(encode, variables, tuple(image_shape), "uint8", "images", os.path.join(out_dir, SAVED_MODELS["image"]))
 
 
-def export_text_encoder_saved_model(method, params: Any, model_state: Any, *, max_len: int, out_dir: str) -> str:
+def export_text_encoder_saved_model(embed_text, params: Any, model_state: Any, *, max_len: int, out_dir: str) -> str:
   """Writes `<out_dir>/text_saved_model` with signature `serving_default(tokens: int32 [b, max_len]) -> embeddings
   [b, D]`; tokenize as the model card says (the same input as the jax.export text artifact)."""
 
   def encode(v, tokens):
-    return method.embed_text_fn(v["params"], v["model_state"], {"caption": tokens}).astype(np.float32)
+    return embed_text(v["params"], v["model_state"], {"text": tokens}).astype(np.float32)
 
   variables = jax.device_get({"params": params, "model_state": model_state})
   return _save(encode, variables, (max_len,), "int32", "tokens", os.path.join(out_dir, SAVED_MODELS["text"]))

@@ -13,6 +13,8 @@ tokenized with `data_config.tokenizer` (bytes by default) and never leave the ho
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import jax
 import ml_collections
 import numpy as np
@@ -51,12 +53,9 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: str):
   """Per-batch host work: text views, host image views, tokenization. None when there is nothing to do."""
-  tokenizer_name = data_config.get("tokenizer", "")
-  tokenizer = tokenizers.get(tokenizer_name, data_config.get("tokenizer_path", "")) if tokenizer_name else None
-  text_views = data_config.get("text_views", "")
-  host_views = data_config.get("host_views", 0)
-  max_len = data_config.get("max_text_len", 64)
-  caption_dropout = float(data_config.get("caption_word_dropout", 0.0)) if split == "train" else 0.0
+  tokenizer = tokenizers.get(data_config.tokenizer, data_config.tokenizer_path) if data_config.tokenizer else None
+  text_views, host_views, max_len = data_config.text_views, data_config.host_views, data_config.max_text_len
+  caption_dropout = data_config.caption_word_dropout if split == "train" else 0.0
   if text_views or caption_dropout:
     from input_pipeline import text_views as text_views_lib
 
@@ -137,3 +136,29 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
   return len(sources.get_source(data_config, split))
+
+
+def eval_batches(data_config, split: str, *, batch_size: int, limit: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Host batches of a split in dataset order for evaluation: images uint8 [b, S, S, 3] as evaluated (short side
+  resized, centre-cropped), labels, and text columns as str arrays (not tokenized); unreadable rows skipped. At most
+  `limit` rows (0 = all); the split is never held whole."""
+  source = sources.get_source(data_config, split)
+  total = min(len(source), limit) if limit else len(source)
+  for start in range(0, total, batch_size):
+    columns, valid = source.read(np.arange(start, min(start + batch_size, total)))
+    if valid.any():
+      yield {
+        k: (v[valid].astype(str).astype(object) if k in sources.string_columns(columns) else v[valid])
+        for k, v in columns.items()
+      }
+
+
+def class_names(data_config, split: str) -> list[str] | None:
+  """The class names of a split's labels, when its source knows them (shapes, image folders, CIFAR, TFDS)."""
+  names = getattr(sources.get_source(data_config, split), "class_names", None)
+  return list(names)[: data_config.num_classes] if names is not None else None
+
+
+def prompt_templates(data_config, split: str = "test") -> tuple[str, ...] | None:
+  """Zero-shot prompt templates in the form of a source's own captions (e.g. shapes'), else None."""
+  return getattr(sources.get_source(data_config, split), "prompt_templates", None)

@@ -148,6 +148,7 @@ class ShapesSource(Source):
       )
     self.rendered = np.zeros((num_rows,), bool)
     self.class_names = list(shapes.CLASS_NAMES[:num_classes])
+    self.prompt_templates = shapes.prompt_templates()  # zero-shot prompts in the form of its captions
 
   def read(self, indices):
     indices = np.asarray(indices)
@@ -207,14 +208,10 @@ def _cached_source(config_json: str, split: str) -> Source:
   else:
     raise ValueError(f"Unknown data source {name!r}; known sources: {', '.join(known_names())}.")
   if len(source) == 0:
-    raise ValueError(f"Data source {name!r} split {split!r} is empty (path={_cfg(data_config, 'path', '')!r}).")
+    raise ValueError(f"Data source {name!r} split {split!r} is empty (path={data_config.path!r}).")
   if source.skipped_at_load:
     logging.warning("input_pipeline: %s/%s: skipped %d malformed records at load", name, split, source.skipped_at_load)
   return source
-
-
-def _cfg(config, key, default=None):
-  return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
 
 
 def _read_file(path: str) -> bytes:
@@ -224,7 +221,7 @@ def _read_file(path: str) -> bytes:
 
 def _split_paths(data_config, split: str, what: str) -> list[str]:
   """Files named by data_config.path for `split` ("{split}" substituted, globs expanded); ValueError if none."""
-  path = _cfg(data_config, "path", "")
+  path = data_config.path
   if not path:
     raise ValueError(f"data_config.path must name the {what} for source {data_config.name!r}.")
   pattern = os.path.expanduser(path.replace("{split}", split))
@@ -237,10 +234,10 @@ def _split_paths(data_config, split: str, what: str) -> list[str]:
 @register("shapes")
 def shapes_source(data_config, split):
   sizes = {"train": data_config.train_size, "test": data_config.test_size}
-  sizes["validation"] = _cfg(data_config, "validation_size", sizes["test"])
+  sizes["validation"] = sizes["test"]
   if split not in sizes:
     raise ValueError(f"shapes has splits {sorted(sizes)}, not {split!r}")
-  hard_negatives = split == "train" and _cfg(data_config, "hard_negatives", False)
+  hard_negatives = split == "train" and data_config.hard_negatives
   return ShapesSource(
     data_config.seed, split, sizes[split], data_config.image_size, data_config.num_classes, hard_negatives
   )
@@ -271,7 +268,7 @@ def npz_source(data_config, split):
 @register("cifar10_npz")
 def cifar10_npz_source(data_config, split):
   """A flat JPEG-bytes npz: `{split}_jpeg` uint8 [total], `{split}_offsets` [N+1], `{split}_labels` [N]."""
-  data_config_path = _cfg(data_config, "path", "") or DEFAULT_CIFAR10_NPZ
+  data_config_path = data_config.path or DEFAULT_CIFAR10_NPZ
   if not os.path.exists(data_config_path):
     raise ValueError(
       f"No CIFAR-10 npz at {data_config_path!r}: set data_config.path to a file made like "
@@ -314,7 +311,7 @@ def image_folder_source(data_config, split):
     lambda i: _read_file(files[i]),
     data_config.image_size,
     {"label": np.asarray(labels, np.int32)},
-    cache=_cfg(data_config, "cache", False),
+    cache=data_config.cache,
   )
   source.class_names = classes
   return source
@@ -345,7 +342,7 @@ def jsonl_source(data_config, split):
     lambda i: _read_file(paths[i]),
     data_config.image_size,
     {"caption": np.asarray(texts, object)},
-    cache=_cfg(data_config, "cache", False),
+    cache=data_config.cache,
   )
   source.skipped_at_load = skipped
   return source
@@ -382,7 +379,7 @@ def tfrecord_source(data_config, split):
   if any(c is not None for c in captions):
     columns["caption"] = np.asarray([c or "" for c in captions], object)
   source = EncodedImageSource(
-    len(encoded), encoded.__getitem__, data_config.image_size, columns, cache=_cfg(data_config, "cache", False)
+    len(encoded), encoded.__getitem__, data_config.image_size, columns, cache=data_config.cache
   )
   source.skipped_at_load = skipped
   return source
@@ -397,7 +394,7 @@ def sentences_source(data_config, split):
   columns=("score", "text", "text_pos") for STS-B files. Rows with the wrong number of fields are skipped.
   """
   defaults = {1: ("text",), 2: ("text", "text_pos"), 3: ("text", "text_pos", "text_neg")}
-  columns = tuple(_cfg(data_config, "columns", ()) or ())
+  columns = tuple(data_config.columns)
   rows, skipped = [], 0
   for path in _split_paths(data_config, split, "sentence file"):
     with open(path, encoding="utf-8") as f:
@@ -442,13 +439,13 @@ def tfds_source(data_config, split: str, dataset: str) -> Source:
   local = dataset.split("/")[0].split(":")[0] == "shapes"
   if local:
     from input_pipeline import shapes_tfds  # noqa: F401  (registers the builder)
-  data_dir = _cfg(data_config, "data_dir", None) or None
+  data_dir = data_config.data_dir or None
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
   except Exception as e:
     raise ValueError(f"No TFDS dataset {dataset!r}: {e}") from None
   if not builder.is_prepared():
-    if local or _cfg(data_config, "download", False):  # The local builder generates, never downloads.
+    if local or data_config.download:  # The local builder generates, never downloads.
       builder.download_and_prepare()
     else:
       raise ValueError(
@@ -483,7 +480,7 @@ def tfds_source(data_config, split: str, dataset: str) -> Source:
       return x
     return images.encode_png(x)  # Datasets with decoded images (e.g. mock data): re-encode to one decode path.
 
-  return EncodedImageSource(len(images), load, size, out, cache=_cfg(data_config, "cache", False))
+  return EncodedImageSource(len(images), load, size, out, cache=data_config.cache)
 
 
 def read_all(source: Source, chunk: int = 4096) -> tuple[dict[str, np.ndarray], int]:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import inspect
 from typing import Any
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+import losses
+import models
 from parallel import mesh as mesh_lib
 
 # (rng, sample_batch) -> (params, model_state, extra)
 InitFn = Callable[[jax.Array, dict], tuple[Any, Any, Any]]
 # (params, model_state, extra, batch, rng) -> (loss, (new_model_state, new_extra, metrics))
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, Any, dict]]]
-# (params, model_state, batch) -> [B, D] features used by the evaluators and the exported encoder
-EmbedFn = Callable[[Any, Any, dict], jax.Array]
 
 # A method may also split its loss in three stages, so the trainer can accumulate gradients over micro-batches while
 # the loss still sees the whole batch of negatives (cached-embedding accumulation, GradCache: Gao et al. 2021):
@@ -32,31 +35,69 @@ EncodeFn = Callable[[Any, Any, Any, jax.Array], tuple[Any, Any]]
 EmbeddingLossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 
 
+# (params, model_state, batch) -> [B, ...]: what evaluators and exports call. Names say what they take and give:
+# embed_image ({"image": uint8 [B, H, W, 3]}), embed_text ({"text": int32 token ids [B, L]}), embed_embedding
+# ({"embedding": [B, D]}), classify (-> logits), decode_<strategy> (-> token ids), input_<kind> (SimSkip's inputs).
+PredictFn = Callable[[Any, Any, dict], jax.Array]
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   init: InitFn
   loss_fn: LossFn
-  embed_fn: EmbedFn
+  # The only way the trainer, evaluators and exports see the model (see PredictFn).
+  predict_fns: dict[str, PredictFn]
   # Called after each optimizer update, e.g. for EMA encoders: (params, extra, step) -> extra.
   after_update: Callable[[Any, Any, jax.Array], Any] = lambda params, extra, step: extra
   # Maps the params after each optimizer update, e.g. SwAV's prototypes back onto the unit sphere: (params, step) ->
   # params of the same structure.
   project_params: Callable[[Any, jax.Array], Any] = lambda params, step: params
-  # Method-specific evaluation (zero-shot, retrieval, STS, ...): (config, state, mesh) -> metrics dict. When None the
-  # trainer runs kNN + linear probe on `embed_fn` features of the image test split.
-  evaluate: Callable[[Any, Any, Any], dict] | None = None
   # The three stages of `loss_fn` (see PrepareFn): all set, with loss_fn = compose_loss(...) of them, or all None.
   prepare_fn: PrepareFn | None = None
   encode_fn: EncodeFn | None = None
   embedding_loss_fn: EmbeddingLossFn | None = None
-  # The text tower, for export: (params, model_state, {"caption": int32 [B, L]}) -> [B, D]; sentence encoders pass
-  # their embed_fn (they have no image tower), methods without a text tower None.
-  embed_text_fn: EmbedFn | None = None
 
   @property
   def splits_loss(self) -> bool:
     """Whether the method supports cached-embedding gradient accumulation."""
     return None not in (self.prepare_fn, self.encode_fn, self.embedding_loss_fn)
+
+
+class EncoderWithHead(nn.Module):
+  """Backbone features h = f(x) [B, F] and projections z = g(h) [B, D] (SimCLR, MoCo, SupCon, SwAV, SimSkip)."""
+
+  backbone: dict
+  head: dict
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, project: bool = True):
+    h = models.build(self.backbone, "backbone")(x, train=train)
+    if not project:
+      return h, None
+    return h, models.build({"name": "projection_head", **self.head}, "head")(h, train=train)
+
+
+def model_spec(block, model_config) -> dict:
+  """A model block (config.model, config.model.image, ...) as `models.build` takes it, with the run's model.dtype
+  and model.remat levers."""
+  return {**block.to_dict(), **{k: model_config[k] for k in ("dtype", "remat") if k not in block}}
+
+
+def encoder_with_head(config) -> EncoderWithHead:
+  """The image encoder of config.model with the projection head of config.head."""
+  return EncoderWithHead(backbone=model_spec(config.model, config.model), head=config.head.to_dict())
+
+
+def backbone_embed(model: EncoderWithHead, mean, std) -> PredictFn:
+  """embed_image of an EncoderWithHead: pooled backbone features of normalised images (no projection)."""
+
+  def embed_image(params, model_state, batch) -> jax.Array:
+    h, _ = model.apply(
+      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, project=False
+    )
+    return h
+
+  return embed_image
 
 
 def stage_rngs(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -94,3 +135,21 @@ def normalize_images(images: jax.Array, mean, std) -> jax.Array:
   if images.dtype == jnp.uint8:
     x = x / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def loss_from_config(loss_config) -> tuple[Callable[..., jax.Array], dict]:
+  """(loss function, its keyword arguments) of config.loss: `name` picks it from `losses`; every other key must be
+  one of its keyword arguments (else a did-you-mean error). chunked / ring modes need a chunk_size > 0."""
+  hyper = loss_config.to_dict()
+  fn = losses.get(hyper.pop("name"))
+  accepted = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+  for key in hyper:
+    if key not in accepted:
+      close = difflib.get_close_matches(key, accepted, n=1)
+      raise ValueError(
+        f"config.loss.{key} is not an argument of {loss_config.name}"
+        f"{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(a for a in accepted if a != 'axis_name')}."
+      )
+  if hyper.get("mode", "dense") != "dense" and not hyper.get("chunk_size"):
+    raise ValueError(f"loss.mode={hyper['mode']!r} needs loss.chunk_size > 0 (logit block width, e.g. 256).")
+  return fn, hyper

@@ -23,23 +23,28 @@ import numpy as np
 from jax.sharding import Mesh
 
 import checkpointing
-import losses
 import models
-from methods import image_text, pretrained
-from methods.base import Method, normalize_images, on_mesh
+from methods import pretrained
+from methods.base import Method, loss_from_config, model_spec, normalize_images, on_mesh
 
 
 def two_tower(model_config):
-  """The TwoTower module of config.model: image / text encoders by registry name, projections, logit scale."""
-  image, text = model_config.image.to_dict(), model_config.text.to_dict()
-  return models.get("two_tower")(
-    image_encoder=image.pop("name"),
-    image_kwargs=image,
-    text_encoder=text.pop("name"),
-    text_kwargs=text,
-    embed_dim=model_config.embed_dim,
-    logit_scale_init=model_config.logit_scale_init,
-    logit_bias_init=model_config.get("logit_bias_init", None),
+  """The TwoTower module of config.model (configs/default.py `two_tower_model`): image / text encoders by registry
+  name with the run's dtype and remat, projections to embed_dim, logit scale (and bias for SigLIP)."""
+  image = model_spec(model_config.image, model_config)
+  text = model_spec(model_config.text, model_config)
+  return models.build(
+    dict(
+      name="two_tower",
+      image_encoder=image.pop("name"),
+      image_kwargs=image,
+      text_encoder=text.pop("name"),
+      text_kwargs=text,
+      embed_dim=model_config.embed_dim,
+      logit_scale_init=model_config.logit_scale_init,
+      logit_bias_init=model_config.logit_bias_init,
+      dtype=model_config.dtype,
+    )
   )
 
 
@@ -70,17 +75,14 @@ def with_hard_negatives(batch: dict) -> tuple[jax.Array, jax.Array]:
 def build(config, mesh: Mesh) -> Method:
   model = two_tower(config.model)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
-  lock_image, lock_text = bool(config.model.get("lock_image", False)), bool(config.model.get("lock_text", False))
+  lock_image, lock_text = config.model.lock_image, config.model.lock_text
   locked_towers = [name for name, lock in (("image_tower", lock_image), ("text_tower", lock_text)) if lock]
   if lock_text and not pretrained.has_pretrained(config):
     raise ValueError("model.lock_text=True freezes a pretrained text tower: set config.pretrained.path.")
-  max_scale = config.model.get("max_logit_scale", 100.0)
-  hyper = config.loss.to_dict()
-  loss_name = hyper.pop("name")
-  hyper["chunk_size"] = hyper.get("chunk_size") or None  # 0 in a config (an int, overridable from the CLI) = whole
-  contrastive = losses.get(loss_name)
-  sigmoid = loss_name == "siglip_loss"
-  if sigmoid and config.model.get("logit_bias_init", None) is None:
+  max_scale = config.model.max_logit_scale
+  contrastive, hyper = loss_from_config(config.loss)
+  sigmoid = config.loss.name == "siglip_loss"
+  if sigmoid and config.model.logit_bias_init is None:
     raise ValueError("siglip_loss needs a learnable bias: set config.model.logit_bias_init (SigLIP uses -10).")
   image_tower = (
     checkpointing.load_tower(config.model.image_checkpoint, config.model.image_checkpoint_key) if lock_image else None
@@ -90,7 +92,7 @@ def build(config, mesh: Mesh) -> Method:
     variables = dict(
       model.init(rng, normalize_images(batch["image"][:2], mean, std), batch["caption"][:2], train=False)
     )
-    params = pretrained.load_into(config.get("pretrained"), dict(variables.pop("params")))
+    params = pretrained.load_into(config.pretrained, dict(variables.pop("params")))
     if lock_image:
       tower_params, tower_stats = image_tower
       _check_same_shapes("image tower params", tower_params, params["image_tower"])
@@ -134,24 +136,11 @@ def build(config, mesh: Mesh) -> Method:
     value = on_mesh(functools.partial(contrastive, **scalars), mesh, num_inputs=2, **hyper)(image_emb, text_emb)
     return value, (new_state, extra, {"loss": value, **scalars})
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
-    return model.apply(
-      model_variables(params, model_state),
-      normalize_images(batch["image"], mean, std),
-      train=False,
-      method="encode_image",
-    )
+  def embed_image(params, model_state, batch) -> jax.Array:
+    images = normalize_images(batch["image"], mean, std)
+    return model.apply(model_variables(params, model_state), images, train=False, method="encode_image")
 
   def embed_text(params, model_state, batch) -> jax.Array:
-    return model.apply(model_variables(params, model_state), batch["caption"], train=False, method="encode_text")
+    return model.apply(model_variables(params, model_state), batch["text"], train=False, method="encode_text")
 
-  def evaluate(config, state, mesh) -> dict:
-    image_fn, text_fn = jax.jit(embed_fn), jax.jit(embed_text)
-    return image_text.zero_shot_and_retrieval(
-      config,
-      mesh,
-      lambda b: image_fn(state.params, state.model_state, b),
-      lambda b: text_fn(state.params, state.model_state, b),
-    )
-
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate, embed_text_fn=embed_text)
+  return Method(init=init, loss_fn=loss_fn, predict_fns={"embed_image": embed_image, "embed_text": embed_text})

@@ -13,17 +13,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh
 
 import losses
 from input_pipeline import augment_jax
-from methods.base import Method, normalize_images, on_mesh
-from methods.simclr import EncoderWithHead
-
-
-def ema(target, online, momentum: float):
-  """momentum * target + (1 - momentum) * online, leaf by leaf."""
-  return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+from methods.base import Method, backbone_embed, encoder_with_head, loss_from_config, normalize_images, on_mesh
 
 
 def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -33,14 +28,13 @@ def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Arra
 
 
 def build(config, mesh: Mesh) -> Method:
-  model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
+  model = encoder_with_head(config)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   augment = config.augment.to_dict()
-  hyper = config.loss.to_dict()
-  loss_name = hyper.pop("name")
+  contrastive, hyper = loss_from_config(config.loss)
+  loss_name = config.loss.name
   if loss_name not in ("nt_xent", "mochi"):
     raise ValueError(f"MoCo's loss.name must be 'nt_xent' or 'mochi', got {loss_name!r}.")
-  contrastive = losses.get(loss_name)
   queue_size, momentum = config.moco.queue_size, config.moco.momentum
   if queue_size % config.batch_size:
     raise ValueError(f"moco.queue_size={queue_size} must be a multiple of batch_size={config.batch_size}.")
@@ -70,12 +64,11 @@ def build(config, mesh: Mesh) -> Method:
 
   def after_update(params, extra, step):
     del step
-    return {**extra, "key_params": ema(extra["key_params"], params, momentum)}
+    return {**extra, "key_params": optax.incremental_update(params, extra["key_params"], 1.0 - momentum)}
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply(
-      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, project=False
-    )
-    return h
-
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update)
+  return Method(
+    init=init,
+    loss_fn=loss_fn,
+    predict_fns={"embed_image": backbone_embed(model, mean, std)},
+    after_update=after_update,
+  )

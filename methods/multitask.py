@@ -20,15 +20,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 import losses
 import models
 from models.two_tower import l2_normalize
 from input_pipeline import augment_jax
-from methods import image_text
-from methods.base import Method, normalize_images, on_mesh
+import tokenization
+from methods.base import Method, model_spec, normalize_images, on_mesh
 
 
 class MultiTaskModel(nn.Module):
@@ -44,13 +43,11 @@ class MultiTaskModel(nn.Module):
   decoder: dict | None = None
 
   def setup(self):
-    image = dict(self.image)
-    self.image_encoder = models.get(image.pop("name"))(**image)
+    self.image_encoder = models.build(self.image)
     if self.projection:
-      self.projection_head = models.get("projection_head")(**self.projection)
+      self.projection_head = models.build({"name": "projection_head", **self.projection})
     if self.text:
-      text = dict(self.text)
-      self.text_encoder = models.get(text.pop("name"))(**text)
+      self.text_encoder = models.build(self.text)
       self.image_proj = nn.Dense(self.embed_dim, use_bias=False)
       self.text_proj = nn.Dense(self.embed_dim, use_bias=False)
       self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
@@ -59,7 +56,7 @@ class MultiTaskModel(nn.Module):
     if self.num_classes:
       self.classifier = nn.Dense(self.num_classes)
     if self.decoder:
-      self.caption_decoder = models.get("caption_decoder")(**self.decoder)
+      self.caption_decoder = models.build({"name": "caption_decoder", **self.decoder})
 
   def encode(self, images, *, train: bool):
     """Pooled features [B, F] and, with a decoder, the image tokens [B, N, F] it cross-attends to (else None)."""
@@ -126,18 +123,19 @@ def _example_major(views: jax.Array) -> jax.Array:
 
 
 def model_from_config(config) -> MultiTaskModel:
-  """The model of config.model; a head is enabled by its entry (projection, text, decoder, num_classes > 0)."""
+  """The model of config.model (configs/default.py `multitask_model`); a head is enabled by its entry (projection,
+  text, decoder not None, num_classes > 0). The run's dtype and remat go to the image and text encoders."""
   m = config.model
-  head = lambda key: m[key].to_dict() if m.get(key) is not None else None
+  head = lambda block: None if block is None else block.to_dict()
   return MultiTaskModel(
-    image=m.image.to_dict(),
-    projection=head("projection"),
-    text=head("text"),
-    embed_dim=m.get("embed_dim", 64),
-    logit_scale_init=m.get("logit_scale_init", 2.6593),
-    logit_bias_init=m.get("logit_bias_init", None),
-    num_classes=m.get("num_classes", 0),
-    decoder=head("decoder"),
+    image=model_spec(m.image, m),
+    projection=head(m.projection),
+    text=None if m.text is None else model_spec(m.text, m),
+    embed_dim=m.embed_dim,
+    logit_scale_init=m.logit_scale_init,
+    logit_bias_init=m.logit_bias_init,
+    num_classes=m.num_classes,
+    decoder=head(m.decoder),
   )
 
 
@@ -146,7 +144,7 @@ def build(config, mesh: Mesh) -> Method:
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   terms = [dict(term, key=key) for key, term in config.loss.terms.to_dict().items()]
   augment = config.augment.to_dict() if model.projection else {}
-  max_scale = config.model.get("max_logit_scale", 100.0)
+  max_scale = config.model.max_logit_scale
 
   def init(rng, batch):
     tokens = batch["caption"][:2] if "caption" in batch else None
@@ -182,81 +180,36 @@ def build(config, mesh: Mesh) -> Method:
       metrics["logit_scale"] = outputs["logit_scale"]
     return value, (dict(new_state), extra, metrics)
 
-  def features(params, model_state, batch):
-    return model.apply(
-      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, method="encode"
-    )
+  variables = lambda params, model_state: {"params": params, **model_state}
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
-    return features(params, model_state, batch)[0]
+  def features(params, model_state, batch):
+    """(pooled features [b, F], image tokens [b, N, F] or None) of normalised images."""
+    images = normalize_images(batch["image"], mean, std)
+    return model.apply(variables(params, model_state), images, train=False, method="encode")
+
+  def embed_image(params, model_state, batch) -> jax.Array:
+    """The joint image-text embedding with a text tower (zero-shot, retrieval), else the pooled features."""
+    h = features(params, model_state, batch)[0]
+    return model.apply(variables(params, model_state), h, method="image_embedding") if model.text else h
 
   def embed_text(params, model_state, batch) -> jax.Array:
-    return model.apply({"params": params, **model_state}, batch["caption"], train=False, method="text_embedding")
+    return model.apply(variables(params, model_state), batch["text"], train=False, method="text_embedding")
 
-  def evaluate(config, state, mesh) -> dict:
-    return evaluate_heads(config, model, state, mesh, jax.jit(features))
+  def classify(params, model_state, batch) -> jax.Array:
+    return model.apply(variables(params, model_state), features(params, model_state, batch)[0], method="classify")
 
-  # Only a projection head (SimCLR + regularisers): the trainer's kNN / linear probe of the shared encoder.
-  has_eval_heads = bool(model.text or model.num_classes or model.decoder)
-  return Method(
-    init=init,
-    loss_fn=loss_fn,
-    embed_fn=embed_fn,
-    evaluate=evaluate if has_eval_heads else None,
-    embed_text_fn=embed_text if model.text else None,
-  )
+  def decode_greedy(params, model_state, batch) -> jax.Array:
+    """Greedy captions, int32 [b, max_text_len], cross-attending to the image tokens."""
+    decoder = models.build({"name": "caption_decoder", **model.decoder})
+    image_tokens = features(params, model_state, batch)[1]
+    return decoder.greedy_decode(params["caption_decoder"], image_tokens, max_len, tokenizer.bos_id, tokenizer.eos_id)
 
-
-def evaluate_heads(config, model: MultiTaskModel, state, mesh, features) -> dict:
-  """Zero-shot + retrieval (text tower), test accuracy (classifier), greedy captions (decoder) on the test split.
-
-  features: jitted (params, model_state, {"image"}) -> (pooled [b, F], tokens or None).
-  """
-  import evaluators
-  import input_pipeline
-  import tokenization as tokenizers
-  from parallel import mesh as mesh_lib
-
-  variables = {"params": state.params, **state.model_state}
-  results = {}
-  pooled = lambda b: features(state.params, state.model_state, b)[0]
+  predict_fns = {"embed_image": embed_image}
   if model.text:
-    image_fn = jax.jit(lambda b: model.apply(variables, pooled(b), method="image_embedding"))
-    text_fn = jax.jit(lambda b: model.apply(variables, b["caption"], train=False, method="text_embedding"))
-    results.update(image_text.zero_shot_and_retrieval(config, mesh, image_fn, text_fn))
-  test = input_pipeline.load_split(config.data, "test")
-  sharding = mesh_lib.batch_sharding(mesh)
+    predict_fns["embed_text"] = embed_text
   if model.num_classes:
-    logits = evaluators.embed_arrays(
-      jax.jit(lambda b: model.apply(variables, pooled(b), method="classify")),
-      {"image": test["image"]},
-      batch_size=config.eval.batch_size,
-      sharding=sharding,
-    )
-    results["classifier_accuracy"] = float(np.mean(np.argmax(logits, -1) == test["label"]))
+    predict_fns["classify"] = classify
   if model.decoder:
-    tokenizer = tokenizers.get(config.data.tokenizer, config.data.get("tokenizer_path", ""))
-    decoder = models.get("caption_decoder")(**model.decoder)
-    max_len = config.data.get("max_text_len", 64)
-    decode = jax.jit(
-      lambda b: decoder.greedy_decode(
-        state.params["caption_decoder"],
-        features(state.params, state.model_state, b)[1],
-        max_len,
-        tokenizer.bos_id,
-        tokenizer.eos_id,
-      )
-    )
-    n = config.eval.get("caption_examples", 256)
-    tokens = evaluators.embed_arrays(
-      decode, {"image": test["image"][:n]}, batch_size=config.eval.batch_size, sharding=sharding
-    )
-    captions = tokenizer.decode(tokens)
-    results["caption_exact_match"] = float(np.mean([c == t for c, t in zip(captions, test["caption"][:n])]))
-    if "label" in test:
-      names = image_text.class_names(config)
-      results["caption_names_class"] = float(
-        np.mean([f" {names[y]} " in f" {c} " for c, y in zip(captions, test["label"][:n])])
-      )
-    results["caption_samples"] = [f"{c}  (true: {t})" for c, t in zip(captions[:4], test["caption"][:4])]
-  return results
+    tokenizer, max_len = tokenization.get(config.data.tokenizer, config.data.tokenizer_path), config.data.max_text_len
+    predict_fns["decode_greedy"] = decode_greedy
+  return Method(init=init, loss_fn=loss_fn, predict_fns=predict_fns)

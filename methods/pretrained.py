@@ -40,15 +40,15 @@ def bert_model_kwargs(path: str) -> dict:
 
 def load_into(pretrained_config, params: dict) -> dict:
   """`params` with `params[subtree]` replaced by the checkpoint's weights (same structure and shapes, else an error)."""
-  if not pretrained_config or not pretrained_config.get("path"):
+  if not pretrained_config.path:
     return params
-  kind = pretrained_config.get("kind", "bert")
+  kind = pretrained_config.kind
   if kind != "bert":
     raise ValueError(f"Unknown pretrained.kind {kind!r}; known: bert.")
   from models import convert
 
   _, loaded = convert.load_bert(resolve_path(pretrained_config.path))
-  subtree = pretrained_config.get("subtree", "backbone")
+  subtree = pretrained_config.subtree
   if subtree not in params:
     raise ValueError(f"pretrained.subtree={subtree!r} is not in the model's params (top level: {sorted(params)}).")
   expected = jax.tree_util.tree_structure(params[subtree])
@@ -69,4 +69,4 @@ def load_into(pretrained_config, params: dict) -> dict:
 
 
 def has_pretrained(config: Any) -> bool:
-  return bool(config.get("pretrained") and config.pretrained.get("path"))
+  return bool(config.pretrained.path)

@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-import losses
-import models
 from input_pipeline import augment_jax
-from methods.base import Method, compose_loss, normalize_images, on_mesh
-
-
-class EncoderWithHead(nn.Module):
-  """Backbone features h = f(x) [B, F] and projections z = g(h) [B, D]."""
-
-  backbone: dict
-  head: dict
-
-  @nn.compact
-  def __call__(self, x, *, train: bool, project: bool = True):
-    backbone = dict(self.backbone)
-    h = models.get(backbone.pop("name"))(**backbone, name="backbone")(x, train=train)
-    if not project:
-      return h, None
-    return h, models.get("projection_head")(**dict(self.head), name="head")(h, train=train)
+from methods.base import (
+  Method,
+  backbone_embed,
+  compose_loss,
+  encoder_with_head,
+  loss_from_config,
+  normalize_images,
+  on_mesh,
+)
 
 
 def two_views(rng: jax.Array, images: jax.Array, augment: dict) -> jax.Array:
@@ -37,10 +27,10 @@ def two_views(rng: jax.Array, images: jax.Array, augment: dict) -> jax.Array:
 
 
 def build(config, mesh: Mesh) -> Method:
-  model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
+  model = encoder_with_head(config)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
-  loss_hyper = config.loss.to_dict()
-  loss = on_mesh(losses.get(loss_hyper.pop("name")), mesh, num_inputs=2, **loss_hyper)
+  loss_fn, loss_hyper = loss_from_config(config.loss)
+  loss = on_mesh(loss_fn, mesh, num_inputs=2, **loss_hyper)
   augment = config.augment.to_dict()
 
   def init(rng, batch):
@@ -66,16 +56,10 @@ def build(config, mesh: Mesh) -> Method:
     value = loss(z[:, 0], z[:, 1])
     return value, (extra, {"loss": value})
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply(
-      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, project=False
-    )
-    return h
-
   return Method(
     init=init,
     loss_fn=compose_loss(prepare_fn, encode_fn, embedding_loss_fn),
-    embed_fn=embed_fn,
+    predict_fns={"embed_image": backbone_embed(model, mean, std)},
     prepare_fn=prepare_fn,
     encode_fn=encode_fn,
     embedding_loss_fn=embedding_loss_fn,

@@ -9,22 +9,21 @@ positive is the other row of its sentence, every other row is a negative):
 - ESimCSE: config.simcse.queue_size > 0 adds the queue of momentum-encoder embeddings of earlier batches as rows with
   labels of their own (negatives only). extra = {"key_params": EMA of params, "queue": [K, D], "queue_ptr"}; the EMA
   encoder runs without dropout and encodes each batch's sentences before they enter the queue.
-Evaluation: STS Spearman on config.eval.sts_path (score<TAB>s1<TAB>s2) when set, else kNN + linear probe of the
-test split's sentence embeddings against its labels (the shapes captions).
+Predict function: embed_text (the pooled sentence embedding before the projection head), which the configured
+evaluations use (STS on scored pairs; kNN / linear probe of the shapes captions' classes).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 from jax.sharding import Mesh
 
 import losses
 from methods import pretrained
-from methods.base import Method, on_mesh
-from methods.moco import ema, enqueue
-from methods.simclr import EncoderWithHead
+from methods.base import Method, encoder_with_head, on_mesh
+from methods.moco import enqueue
 
 
 def _labelled_supcon(z: jax.Array, labels: jax.Array, *negatives, **kwargs) -> jax.Array:
@@ -40,7 +39,7 @@ def text_tokens(batch: dict) -> jax.Array:
 
 
 def build(config, mesh: Mesh) -> Method:
-  model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
+  model = encoder_with_head(config)
   hyper = config.loss.to_dict()
   if hyper.pop("name") != "supcon":
     raise ValueError(
@@ -53,7 +52,7 @@ def build(config, mesh: Mesh) -> Method:
   def init(rng, batch):
     params_rng, queue_rng = jax.random.split(rng)
     variables = model.init(params_rng, text_tokens(batch)[:2], train=False)
-    params = pretrained.load_into(config.get("pretrained"), variables.pop("params"))
+    params = pretrained.load_into(config.pretrained, variables.pop("params"))
     extra = {}
     if queue_size:
       queue = losses.l2_normalize(jax.random.normal(queue_rng, (queue_size, config.head.out_dim)))
@@ -86,60 +85,12 @@ def build(config, mesh: Mesh) -> Method:
 
   def after_update(params, extra, step):
     del step
-    return {**extra, "key_params": ema(extra["key_params"], params, momentum)} if queue_size else extra
+    if not queue_size:
+      return extra
+    return {**extra, "key_params": optax.incremental_update(params, extra["key_params"], 1.0 - momentum)}
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
+  def embed_text(params, model_state, batch) -> jax.Array:
     h, _ = model.apply({"params": params, **model_state}, text_tokens(batch), train=False, project=False)
     return h
 
-  def evaluate(config, state, mesh) -> dict:
-    return sentence_evaluation(config, mesh, jax.jit(lambda b: embed_fn(state.params, state.model_state, b)))
-
-  return Method(
-    init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update, evaluate=evaluate, embed_text_fn=embed_fn
-  )
-
-
-def sentence_evaluation(config, mesh, embed) -> dict:
-  """STS Spearman x100 on config.eval.sts_path if set, else kNN + linear probe of test-split sentence embeddings.
-
-  embed: jitted {"text": int32 [b, L]} -> [b, D].
-  """
-  import evaluators
-  import input_pipeline
-  from methods import image_text
-  from parallel import mesh as mesh_lib
-
-  def embed_texts(texts) -> np.ndarray:
-    return evaluators.embed_arrays(
-      embed,
-      {"text": image_text.tokenize(config, texts)},
-      batch_size=config.eval.batch_size,
-      sharding=mesh_lib.batch_sharding(mesh),
-    )
-
-  if config.eval.get("sts_path", ""):
-    scores, first, second = evaluators.load_sts_tsv(config.eval.sts_path)
-    return {"sts_spearman": evaluators.sts_spearman(embed_texts(first), embed_texts(second), scores)}
-  splits = {s: input_pipeline.load_split(config.data, s) for s in ("train", "test")}
-  key = "text" if "text" in splits["test"] else "caption"
-  limit = config.eval.get("train_examples", 0) or None
-  train_x, train_y = embed_texts(splits["train"][key][:limit]), splits["train"]["label"][:limit]
-  test_x, test_y = embed_texts(splits["test"][key]), splits["test"]["label"]
-  num_classes = config.data.num_classes
-  probe = evaluators.linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=config.seed)
-  return {
-    "chance": 1.0 / num_classes,
-    "linear_probe_accuracy": float(probe["accuracy"]),
-    "knn_accuracy": float(
-      evaluators.knn_accuracy(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        k=config.eval.knn_k,
-        temperature=config.eval.knn_temperature,
-        num_classes=num_classes,
-      )
-    ),
-  }
+  return Method(init=init, loss_fn=loss_fn, predict_fns={"embed_text": embed_text}, after_update=after_update)

@@ -14,23 +14,20 @@ Inputs (the "input encoder", frozen, kept in model_state["input_encoder"], never
 - images: the pooled features of a frozen pretrained encoder (simskip.encoder, loaded from the run in
   simskip.encoder_checkpoint, params subtree simskip.encoder_checkpoint_key), or without a checkpoint
   average-pooled pixels (simskip.pixel_pool^2 x 3 values).
-The evaluation compares the refined embeddings with their inputs on the same downstream probe: linear probe + kNN
-on the labels, or STS Spearman (config.eval.sts_path, with config.eval.sts_embeddings holding the [N, 2, D]
-embeddings of its sentence pairs, or, when that is empty, its sentences tokenized and put through the text tower).
+Predict functions embed_<kind> (refined) and input_<kind> (the fixed inputs), kind = image and embedding, or text
+with a text tower: the recipe's evaluations run the same probe (kNN, linear probe, STS) on both.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 import losses
 import models
-from methods.base import Method, normalize_images, on_mesh
 import checkpointing
-from methods.simclr import EncoderWithHead
+from methods.base import Method, encoder_with_head, loss_from_config, normalize_images, on_mesh
 
 
 def input_features(batch: dict, pixel_pool: int, mean, std) -> jax.Array:
@@ -58,30 +55,29 @@ def input_encoder(views) -> tuple[object, dict] | tuple[None, None]:
   views: config.simskip. A text tower (text_tower) takes int32 tokens [B, L]; an image encoder (encoder_checkpoint)
   takes normalised images [B, H, W, 3]; both return [B, D].
   """
-  if views.get("text_tower", "") and views.get("encoder_checkpoint", ""):
+  if views.text_tower and views.encoder_checkpoint:
     raise ValueError("simskip.text_tower and simskip.encoder_checkpoint both set: the inputs come from one encoder.")
-  if views.get("text_tower", ""):
+  if views.text_tower:
     from methods import pretrained
     from models import convert
 
     tower, params = convert.load_bert(pretrained.resolve_path(views.text_tower))
     return tower, {"params": jax.tree.map(jnp.asarray, params)}
-  if views.get("encoder_checkpoint", ""):
-    encoder = views.encoder.to_dict()
+  if views.encoder_checkpoint:
     params, stats = checkpointing.load_tower(views.encoder_checkpoint, views.encoder_checkpoint_key)
     variables = {"params": jax.tree.map(jnp.asarray, params)}
     if stats:
       variables["batch_stats"] = jax.tree.map(jnp.asarray, stats)
-    return models.get(encoder.pop("name"))(**encoder), variables
+    return models.build(views.encoder.to_dict()), variables
   return None, None
 
 
 def build(config, mesh: Mesh) -> Method:
-  model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
-  hyper = config.loss.to_dict()
-  loss = on_mesh(losses.get(hyper.pop("name")), mesh, num_inputs=2, **hyper)
+  model = encoder_with_head(config)
+  loss_fn_, hyper = loss_from_config(config.loss)
+  loss = on_mesh(loss_fn_, mesh, num_inputs=2, **hyper)
   views = config.simskip
-  mean, std = tuple(config.data.get("mean", (0.5,) * 3)), tuple(config.data.get("std", (0.25,) * 3))
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
   frozen, frozen_variables = input_encoder(views)
 
   def features(model_state, batch):
@@ -112,71 +108,15 @@ def build(config, mesh: Mesh) -> Method:
     value = loss(z1, z2)
     return value, ({**model_state, **new_state}, extra, {"loss": value})
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
+  def refined(params, model_state, batch) -> jax.Array:
     h, _ = model.apply({"params": params, **own(model_state)}, features(model_state, batch), train=False, project=False)
     return h
 
-  def evaluate(config, state, mesh) -> dict:
-    inputs = jax.jit(lambda b: features(state.model_state, b))
-    refine = jax.jit(lambda b: embed_fn(state.params, state.model_state, b))
-    return compare_with_inputs(config, mesh, inputs, refine)
+  def inputs(params, model_state, batch) -> jax.Array:
+    del params
+    return features(model_state, batch)
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, evaluate=evaluate)
-
-
-def compare_with_inputs(config, mesh, inputs, refine) -> dict:
-  """The same probe on input and refined embeddings: {input,refined}_{sts_spearman | linear_probe_accuracy, knn_...}.
-
-  inputs: jitted batch -> [b, D] input embeddings; refine: jitted batch -> [b, D] refined ones, also given
-  {"embedding": inputs} (so the input encoder runs once per example).
-  """
-  import evaluators
-  import input_pipeline
-  from parallel import mesh as mesh_lib
-
-  def embed(fn, arrays):
-    return evaluators.embed_arrays(
-      fn, arrays, batch_size=config.eval.batch_size, sharding=mesh_lib.batch_sharding(mesh)
-    )
-
-  def input_and_refined(arrays):
-    x = embed(inputs, arrays)
-    return {"input": x, "refined": embed(refine, {"embedding": x})}
-
-  results = {}
-  if config.eval.get("sts_path", ""):
-    scores, first, second = evaluators.load_sts_tsv(config.eval.sts_path)
-    if config.eval.get("sts_embeddings", ""):
-      pairs = np.load(config.eval.sts_embeddings).astype(np.float32)  # [N, 2, D]
-      if len(pairs) != len(scores):
-        raise ValueError(f"{config.eval.sts_embeddings} has {len(pairs)} pairs, {config.eval.sts_path} {len(scores)}.")
-      sides = [{"embedding": pairs[:, i]} for i in range(2)]
-    else:
-      from methods import image_text
-
-      sides = [{"text": image_text.tokenize(config, sentences)} for sentences in (first, second)]
-    a, b = (input_and_refined(side) for side in sides)
-    return {f"{name}_sts_spearman": evaluators.sts_spearman(a[name], b[name], scores) for name in a}
-  splits = {s: input_pipeline.load_split(config.data, s) for s in ("train", "test")}
-  limit = config.eval.get("train_examples", 0) or None
-  key = "embedding" if "embedding" in splits["test"] else "image"
-  train_y, test_y = splits["train"]["label"][:limit], splits["test"]["label"]
-  train = input_and_refined({key: splits["train"][key][:limit]})
-  test = input_and_refined({key: splits["test"][key]})
-  num_classes = config.data.num_classes
-  results["chance"] = 1.0 / num_classes
-  for name in train:
-    probe = evaluators.linear_probe(train[name], train_y, test[name], test_y, num_classes=num_classes, seed=config.seed)
-    results[f"{name}_linear_probe_accuracy"] = float(probe["accuracy"])
-    results[f"{name}_knn_accuracy"] = float(
-      evaluators.knn_accuracy(
-        train[name],
-        train_y,
-        test[name],
-        test_y,
-        k=config.eval.knn_k,
-        temperature=config.eval.knn_temperature,
-        num_classes=num_classes,
-      )
-    )
-  return results
+  # Evaluations compare the two on the same probe: embed_<kind> (refined) vs input_<kind> (the fixed inputs).
+  kinds = ("text",) if views.text_tower else ("image", "embedding")
+  predict_fns = {f"{name}_{kind}": fn for kind in kinds for name, fn in (("embed", refined), ("input", inputs))}
+  return Method(init=init, loss_fn=loss_fn, predict_fns=predict_fns)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 import losses
-from methods.base import Method, normalize_images, on_mesh
-from methods.simclr import EncoderWithHead, two_views
+from methods.base import Method, backbone_embed, encoder_with_head, normalize_images, on_mesh
+from methods.simclr import two_views
 
 
 def _supcon_example_major(z: jax.Array, labels: jax.Array, **kwargs) -> jax.Array:
@@ -20,7 +20,7 @@ def _supcon_example_major(z: jax.Array, labels: jax.Array, **kwargs) -> jax.Arra
 
 
 def build(config, mesh: Mesh) -> Method:
-  model = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
+  model = encoder_with_head(config)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   hyper = config.loss.to_dict()
   if hyper.pop("name") != "supcon":
@@ -39,10 +39,4 @@ def build(config, mesh: Mesh) -> Method:
     value = loss(z.reshape((-1, 2) + z.shape[1:]), batch["label"])
     return value, (dict(new_state), extra, {"loss": value})
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply(
-      {"params": params, **model_state}, normalize_images(batch["image"], mean, std), train=False, project=False
-    )
-    return h
-
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn)
+  return Method(init=init, loss_fn=loss_fn, predict_fns={"embed_image": backbone_embed(model, mean, std)})

@@ -20,8 +20,7 @@ from jax.sharding import Mesh
 import losses
 import models
 from input_pipeline import augment_jax
-from methods.base import Method, normalize_images, on_mesh
-from methods.simclr import EncoderWithHead
+from methods.base import Method, encoder_with_head, normalize_images, on_mesh
 from models.heads import normalize_prototypes
 
 
@@ -37,7 +36,7 @@ def _example_major(views: jax.Array) -> jax.Array:
 
 
 def build(config, mesh: Mesh) -> Method:
-  encoder = EncoderWithHead(backbone=config.model.to_dict(), head=config.head.to_dict())
+  encoder = encoder_with_head(config)
   prototypes = models.get("prototypes")(num_prototypes=config.swav.num_prototypes)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   hyper = config.loss.to_dict()
@@ -109,7 +108,7 @@ def build(config, mesh: Mesh) -> Method:
     del step
     return {**params, "prototypes": normalize_prototypes(params["prototypes"])}
 
-  def embed_fn(params, model_state, batch) -> jax.Array:
+  def embed_image(params, model_state, batch) -> jax.Array:
     h, _ = encoder.apply(
       {"params": params["encoder"], **model_state},
       normalize_images(batch["image"], mean, std),
@@ -118,4 +117,10 @@ def build(config, mesh: Mesh) -> Method:
     )
     return h
 
-  return Method(init=init, loss_fn=loss_fn, embed_fn=embed_fn, after_update=after_update, project_params=project_params)
+  return Method(
+    init=init,
+    loss_fn=loss_fn,
+    predict_fns={"embed_image": embed_image},
+    after_update=after_update,
+    project_params=project_params,
+  )

@@ -5,7 +5,7 @@ embeddings with the same signature. `models.names()` lists what is registered. P
 encoders (all-MiniLM-L6-v2) load with `models.convert.load_bert(dir)`.
 """
 
-from models.registry import get, names, register
+from models.registry import build, get, names, register
 from models import bert, decoder, heads, resnet, text, two_tower, vit  # noqa: F401,E402  (importing a module registers its models)
 
-__all__ = ["get", "names", "register"]
+__all__ = ["build", "get", "names", "register"]

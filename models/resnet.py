@@ -103,6 +103,7 @@ class ResNet(nn.Module):
   # models.conv: "blocked" is faster on CPU hosts, on one or several devices; "auto" picks it on CPU only.
   # Checkpoints are interchangeable between lowerings.
   conv_impl: str = "xla"
+  remat: bool = False  # recompute each block's activations in the backward pass (same parameters and outputs)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -122,7 +123,7 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name="stem_bn")(x))
     else:
       raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
-    block_cls = BLOCKS[self.block]
+    block_cls = nn.remat(BLOCKS[self.block]) if self.remat else BLOCKS[self.block]
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = block_cls(

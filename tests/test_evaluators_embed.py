@@ -1,12 +1,12 @@
-"""embed_arrays: padding, one compilation, sharded batches equal to single-device ones."""
+"""evaluators.common.Embedder: padding, one compilation, sharded batches equal to single-device ones."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from evaluators import embed_arrays, knn_accuracy
+from evaluators import knn_accuracy
+from evaluators.common import Embedder
+from parallel import mesh as mesh_lib
 
 _W = np.random.default_rng(0).normal(size=(6, 16)).astype(np.float32)
 
@@ -29,7 +29,8 @@ def _arrays(n):
 def test_ragged_last_batch_is_padded_compiled_once_and_dropped():
   traces = []
   arrays = _arrays(37)
-  out = embed_arrays(_make_embed_fn(traces), arrays, batch_size=16)
+  embedder = Embedder(mesh_lib.build_mesh(devices=jax.devices()[:1]), batch_size=16)
+  out = embedder.chunks(_make_embed_fn(traces), arrays)
   assert out.shape == (37, 16) and isinstance(out, np.ndarray)
   assert len(traces) == 1
   np.testing.assert_allclose(out, np.tanh(arrays["x"] @ _W) * arrays["scale"][:, None], rtol=1e-5, atol=1e-6)
@@ -37,11 +38,10 @@ def test_ragged_last_batch_is_padded_compiled_once_and_dropped():
 
 def test_eight_device_sharding_equals_single_device_and_knn_agrees():
   assert jax.device_count() == 8
-  mesh = jax.make_mesh((8,), ("data",))
   arrays = _arrays(203)
   embed_fn = _make_embed_fn()
-  single = embed_arrays(embed_fn, arrays, batch_size=64)
-  sharded = embed_arrays(embed_fn, arrays, batch_size=64, sharding=NamedSharding(mesh, P("data")), progress=True)
+  single = Embedder(mesh_lib.build_mesh(devices=jax.devices()[:1]), batch_size=64).chunks(embed_fn, arrays)
+  sharded = Embedder(mesh_lib.build_mesh(), batch_size=64).chunks(embed_fn, arrays)
   np.testing.assert_allclose(sharded, single, rtol=1e-6, atol=1e-6)
   labels = (arrays["x"][:, 0] > 0).astype(np.int32)
   assert knn_accuracy(sharded[:150], labels[:150], sharded[150:], labels[150:], num_classes=2, k=10) == knn_accuracy(
@@ -49,14 +49,5 @@ def test_eight_device_sharding_equals_single_device_and_knn_agrees():
   )
 
 
-def test_batch_not_divisible_by_devices_names_both_numbers():
-  mesh = jax.make_mesh((8,), ("data",))
-  with pytest.raises(ValueError, match="batch_size 12 .* 8 devices"):
-    embed_arrays(_make_embed_fn(), _arrays(20), batch_size=12, sharding=NamedSharding(mesh, P("data")))
-
-
-def test_arrays_of_different_lengths_are_rejected():
-  arrays = _arrays(20)
-  arrays["scale"] = arrays["scale"][:10]
-  with pytest.raises(ValueError, match="leading size"):
-    embed_arrays(_make_embed_fn(), arrays, batch_size=8)
+def test_batch_size_rounds_up_to_a_multiple_of_the_batch_shards():
+  assert Embedder(mesh_lib.build_mesh(), batch_size=12).batch_size == 16

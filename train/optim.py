@@ -11,17 +11,17 @@ import optax
 NO_DECAY_PATTERN = r"(bias|scale|embedding_norm|logit_scale|logit_bias|temperature|pos_embedding|cls)"
 
 
-def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(config, total_steps: int, batch_size: int) -> optax.Schedule:
   """Linear warm-up to the peak then `cosine`, `linear` or `constant` decay.
 
   Peak = base_lr * batch_size / 256 when `scale_by_batch` (SimCLR's linear scaling rule), else base_lr.
   """
-  peak = config.base_lr * (config.batch_size / 256.0 if config.get("scale_by_batch", False) else 1.0)
+  peak = config.base_lr * (batch_size / 256.0 if config.scale_by_batch else 1.0)
   warmup = min(int(config.warmup_steps), max(total_steps - 1, 0))
   decay_steps = max(total_steps - warmup, 1)
   decays = {
-    "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=config.get("end_lr_ratio", 0.0)),
-    "linear": lambda: optax.linear_schedule(peak, peak * config.get("end_lr_ratio", 0.0), decay_steps),
+    "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=config.end_lr_ratio),
+    "linear": lambda: optax.linear_schedule(peak, peak * config.end_lr_ratio, decay_steps),
     "constant": lambda: optax.constant_schedule(peak),
   }
   if config.schedule not in decays:
@@ -40,15 +40,15 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config, total_steps: int, batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optax chain named by `config.name`: sgd (momentum), lars, adamw or lion, with clipping and wd mask."""
-  lr = learning_rate_schedule(config, total_steps)
-  wd = float(config.get("weight_decay", 0.0))
+  lr = learning_rate_schedule(config, total_steps, batch_size)
+  wd = config.weight_decay
   name = config.name
   if name == "sgd":
     tx = optax.chain(
       optax.add_decayed_weights(wd, mask=decay_mask),
-      optax.sgd(lr, momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", False)),
+      optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov),
     )
   elif name == "lars":
     tx = optax.lars(
@@ -56,20 +56,15 @@ def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformati
       weight_decay=wd,
       weight_decay_mask=decay_mask,
       trust_ratio_mask=decay_mask,
-      momentum=config.get("momentum", 0.9),
+      momentum=config.momentum,
     )
   elif name == "adamw":
-    tx = optax.adamw(lr, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), weight_decay=wd, mask=decay_mask)
+    tx = optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=wd, mask=decay_mask)
   elif name == "lion":
-    tx = optax.lion(lr, b1=config.get("b1", 0.9), b2=config.get("b2", 0.99), weight_decay=wd, mask=decay_mask)
+    tx = optax.lion(lr, b1=config.b1, b2=config.b2, weight_decay=wd, mask=decay_mask)
   else:
     raise ValueError(f"Unknown optimizer {name!r}; choose one of ['adamw', 'lars', 'lion', 'sgd'].")
-  clip = config.get("grad_clip_norm", 0.0)
+  clip = config.grad_clip_norm
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx, lr
-
-
-def ema_update(ema, params, decay: float):
-  """Exponential moving average of parameters (Polyak & Juditsky 1992): ema <- decay * ema + (1 - decay) * params."""
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

