@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 
+from losses.dense import crop_pixel_distance, nearest_feature_match, pixel_contrast, pixpro
 from losses.generative import token_cross_entropy
 from losses.image_text import clip_softmax_loss, siglip_loss
 from losses.infonce import dcl, dclw, l2_normalize, mochi, mv_info_nce, nt_xent, supcon
@@ -39,6 +40,8 @@ _REGISTRY: dict[str, Callable[..., jax.Array]] = {
   "uniformity": uniformity,
   "token_cross_entropy": token_cross_entropy,
   "isogclr": isogclr,
+  "pixpro": pixpro,
+  "pixel_contrast": pixel_contrast,
 }
 
 
@@ -100,6 +103,7 @@ __all__ = [
   "barlow_twins",
   "clip_softmax_loss",
   "combine",
+  "crop_pixel_distance",
   "dcl",
   "dclw",
   "get",
@@ -110,7 +114,10 @@ __all__ = [
   "mochi",
   "mv_info_nce",
   "names",
+  "nearest_feature_match",
   "nt_xent",
+  "pixel_contrast",
+  "pixpro",
   "siglip_loss",
   "sinkhorn",
   "supcon",
