@@ -19,6 +19,7 @@ from losses.generative import token_cross_entropy
 from losses.image_text import clip_softmax_loss, siglip_loss
 from losses.infonce import dcl, dclw, l2_normalize, mochi, mv_info_nce, nt_xent, supcon
 from losses.redundancy import barlow_twins, vicreg
+from losses.sentence import debiased_info_nce, reference_pair_weights, shuffled_group_whitening, weighted_info_nce
 from losses.regularizers import alignment, uniformity
 from losses.swav import sinkhorn, swav
 from losses.temperature import isogclr, isogclr_init_state, learnable_temperature
@@ -42,6 +43,8 @@ _REGISTRY: dict[str, Callable[..., jax.Array]] = {
   "isogclr": isogclr,
   "pixpro": pixpro,
   "pixel_contrast": pixel_contrast,
+  "weighted_info_nce": weighted_info_nce,
+  "debiased_info_nce": debiased_info_nce,
 }
 
 
@@ -174,6 +177,7 @@ __all__ = [
   "crop_pixel_distance",
   "dcl",
   "dclw",
+  "debiased_info_nce",
   "get",
   "initial_state",
   "is_stateful",
@@ -184,10 +188,12 @@ __all__ = [
   "mochi",
   "mv_info_nce",
   "names",
+  "reference_pair_weights",
   "nearest_feature_match",
   "nt_xent",
   "pixel_contrast",
   "pixpro",
+  "shuffled_group_whitening",
   "siglip_loss",
   "sinkhorn",
   "supcon",
@@ -195,5 +201,6 @@ __all__ = [
   "token_cross_entropy",
   "uniformity",
   "vicreg",
+  "weighted_info_nce",
   "with_learnable_temperature",
 ]
