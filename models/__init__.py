@@ -6,6 +6,6 @@ encoders (all-MiniLM-L6-v2) load with `models.convert.load_bert(dir)`.
 """
 
 from models.registry import build, get, names, register
-from models import bert, decoder, heads, resnet, text, two_tower, vit  # noqa: F401,E402  (importing a module registers its models)
+from models import bert, decoder, dense, graph, heads, resnet, text, timeseries, two_tower, vit  # noqa: F401,E402  (importing a module registers its models)
 
 __all__ = ["build", "get", "names", "register"]

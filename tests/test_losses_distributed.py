@@ -167,3 +167,73 @@ def test_isogclr_state_update_on_8_devices_equals_single_device():
   )(*args, state)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+
+
+def _f64(seed, *shape):
+  return np.random.default_rng(seed).normal(size=shape)
+
+
+def _whitened_sum(x, c, axis_name):
+  """A scalar of the whitened rows, so that value and gradient of the view are compared."""
+  white = losses.shuffled_group_whitening(jax.random.key(3), x, num_groups=2, axis_name=axis_name)
+  return losses.collectives.psum(jnp.sum(white * c), axis_name)
+
+
+def _refined_info_nce(a, b, ra, rb, axis_name):
+  weights, pairs = losses.reference_pair_weights(ra, rb, max_negative_similarity=0.3, axis_name=axis_name)
+  return losses.weighted_info_nce(a, b, weights, pairs, temperature=0.1, axis_name=axis_name)
+
+
+N64, P64 = 16, 4  # global batch (2 per device), pixels per feature map
+MASK64 = np.random.default_rng(9).random((N64, P64, P64)) < 0.4
+# name: (loss(*args, axis_name), make args (called under float64), in_specs, indices of args to differentiate)
+X64_CASES = {
+  "pixpro": (
+    lambda p1, p2, t1, t2, m, axis_name: losses.pixpro(p1, p2, t1, t2, m, axis_name=axis_name),
+    lambda: (*(_f64(i, N64, P64, D) for i in range(4)), MASK64),
+    (B,) * 5,
+    (0, 1),
+  ),
+  "pixel_contrast": (
+    lambda a, b, m, axis_name: losses.pixel_contrast(a, b, m, axis_name=axis_name),
+    lambda: (_f64(0, N64, P64, D), _f64(1, N64, P64, D), MASK64),
+    (B, B, B),
+    (0, 1),
+  ),
+  "pixel_contrast_image_negatives": (
+    lambda a, b, m, axis_name: losses.pixel_contrast(a, b, m, image_negatives=True, axis_name=axis_name),
+    lambda: (_f64(0, N64, P64, D), _f64(1, N64, P64, D), MASK64),
+    (B, B, B),
+    (0, 1),
+  ),
+  "weighted_info_nce_refined": (
+    _refined_info_nce,
+    lambda: tuple(_f64(i, N64, D) for i in range(4)),
+    (B, B, B, B),
+    (0, 1),
+  ),
+  "debiased_info_nce": (
+    lambda a, b, axis_name: losses.debiased_info_nce(a, b, temperature=0.2, axis_name=axis_name),
+    lambda: (_f64(0, N64, D), _f64(1, N64, D)),
+    (B, B),
+    (0, 1),
+  ),
+  "shuffled_group_whitening": (_whitened_sum, lambda: (_f64(0, N64, D), _f64(1, N64, D)), (B, B), (0,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(X64_CASES))
+def test_new_loss_on_8_devices_equals_single_device_in_float64(name):
+  # In float64 the only difference between the two is the order of reductions (~1e-15 relative), so a tight
+  # tolerance holds on any machine; float32 would need one derived from the magnitudes.
+  loss, make_args, specs, wrt = X64_CASES[name]
+  with jax.enable_x64(True):
+    args = tuple(jnp.asarray(a) for a in make_args())
+    single = functools.partial(loss, axis_name=None)
+    sharded = jax.shard_map(functools.partial(loss, axis_name="data"), mesh=_mesh(), in_specs=specs, out_specs=P())
+    want, want_g = jax.jit(jax.value_and_grad(single, argnums=wrt))(*args)
+    got, got_g = jax.jit(jax.value_and_grad(sharded, argnums=wrt))(*args)
+    assert want.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    for i, g, w in zip(wrt, got_g, want_g):
+      np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(w))), err_msg=f"grad of arg {i}")
