@@ -33,7 +33,7 @@ def test_siglip_canonicalises_like_big_vision_and_has_no_bos():
   assert tok.canonicalize("  A Photo,  of a CAT!! ") == "a photo of a cat"
   ids = tok.encode(["A photo of a CAT!"], 64)
   np.testing.assert_array_equal(ids, tok.encode(["a photo of a cat"], 64))
-  assert tok.decode(ids) == ["a photo of a cat"] and tok.pad_id == tok.eos_id == 1
+  assert tok.decode(ids) == ["a photo of a cat"] and tok.pad_id == tok.eos_id == 1 and tok.bos_id is None
 
 
 def test_pack_without_bos_truncates_to_keep_eos():

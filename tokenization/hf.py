@@ -81,6 +81,8 @@ class SiglipTokenizer:
   """SigLIP's SentencePiece tokenizer, as `transformers.SiglipTokenizer` (whose `legacy` flag changes nothing here: the
   text is always encoded after the unknown token, so SentencePiece's dummy prefix never reaches it)."""
 
+  bos_id = None  # SigLIP's rows start with the text itself
+
   def __init__(self, path: str):
     import sentencepiece
 
