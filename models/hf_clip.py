@@ -39,90 +39,11 @@ LEGACY_EOS_ID = 2
 IGNORED_SUFFIXES = (".position_ids",)
 # torch nn.MultiheadAttention's fused q, k, v of SigLIP's MAP head; split into q_proj / k_proj / v_proj on import.
 FUSED = "vision_model.head.attention.in_proj_"
-# config.json as transformers 5.24.0 writes it (the release that made tests/fixtures/hf_*_tiny), with its class
-# defaults; hf_config fills in the architecture.
-TEMPLATES = {
-  "clip": {
-    "architectures": ["CLIPModel"],
-    "dtype": "float32",
-    "initializer_factor": 1.0,
-    "logit_scale_init_value": 2.6592,
-    "model_type": "clip",
-    "projection_dim": 512,
-    "text_config": {
-      "attention_dropout": 0.0,
-      "bos_token_id": 49406,
-      "eos_token_id": 49407,
-      "hidden_act": "quick_gelu",
-      "hidden_size": 512,
-      "initializer_factor": 1.0,
-      "initializer_range": 0.02,
-      "intermediate_size": 2048,
-      "layer_norm_eps": 1e-05,
-      "max_position_embeddings": 77,
-      "model_type": "clip_text_model",
-      "num_attention_heads": 8,
-      "num_hidden_layers": 12,
-      "pad_token_id": 1,
-      "projection_dim": 512,
-      "vocab_size": 49408,
-    },
-    "transformers_version": "5.24.0",
-    "vision_config": {
-      "attention_dropout": 0.0,
-      "hidden_act": "quick_gelu",
-      "hidden_size": 768,
-      "image_size": 224,
-      "initializer_factor": 1.0,
-      "initializer_range": 0.02,
-      "intermediate_size": 3072,
-      "layer_norm_eps": 1e-05,
-      "model_type": "clip_vision_model",
-      "num_attention_heads": 12,
-      "num_channels": 3,
-      "num_hidden_layers": 12,
-      "patch_size": 32,
-      "projection_dim": 512,
-    },
-  },
-  "siglip": {
-    "architectures": ["SiglipModel"],
-    "dtype": "float32",
-    "initializer_factor": 1.0,
-    "model_type": "siglip",
-    "text_config": {
-      "attention_dropout": 0.0,
-      "bos_token_id": 49406,
-      "eos_token_id": 49407,
-      "hidden_act": "gelu_pytorch_tanh",
-      "hidden_size": 768,
-      "intermediate_size": 3072,
-      "layer_norm_eps": 1e-06,
-      "max_position_embeddings": 64,
-      "model_type": "siglip_text_model",
-      "num_attention_heads": 12,
-      "num_hidden_layers": 12,
-      "pad_token_id": 1,
-      "projection_size": None,  # None: the text width
-      "vocab_size": 32000,
-    },
-    "transformers_version": "5.24.0",
-    "vision_config": {
-      "attention_dropout": 0.0,
-      "hidden_act": "gelu_pytorch_tanh",
-      "hidden_size": 768,
-      "image_size": 224,
-      "intermediate_size": 3072,
-      "layer_norm_eps": 1e-06,
-      "model_type": "siglip_vision_model",
-      "num_attention_heads": 12,
-      "num_channels": 3,
-      "num_hidden_layers": 12,
-      "patch_size": 16,
-      "vision_use_head": True,
-    },
-  },
-}
+# config.json of CLIPModel / SiglipModel as transformers 5.24.0 writes it (the release that made
+# tests/fixtures/hf_*_tiny), with its class defaults; hf_config fills in the architecture. SigLIP's projection_size
+# null means the text width.
+with open(Path(__file__).with_name("hf_config_templates.json")) as _f:
+  TEMPLATES = json.load(_f)
 PREPROCESSING = {
   "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
   "siglip": ((0.5,) * 3, (0.5,) * 3),
