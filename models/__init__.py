@@ -2,7 +2,8 @@
 
 Encoders map a batch to pooled float32 features, `__call__(x, *, train) -> [B, D]`; heads map features to
 embeddings with the same signature. `models.names()` lists what is registered. Pretrained BERT-family sentence
-encoders (all-MiniLM-L6-v2) load with `models.convert.load_bert(dir)`.
+encoders (all-MiniLM-L6-v2) load with `models.convert.load_bert(dir)`; Hugging Face CLIP / SigLIP two-towers with
+`models.hf_clip.load(dir)`.
 """
 
 from models.registry import build, get, names, register

