@@ -31,7 +31,9 @@ _TOWER = flags.DEFINE_enum(
   ["image", "text"],
   "--mode=embed: run only this tower (default: every tower the input feeds and the export has).",
 )
-_INPUT_FORMAT = flags.DEFINE_string("input_format", "auto", "--mode=embed: folder|paths|npy|sentences|jsonl|tsv.")
+_INPUT_FORMAT = flags.DEFINE_string(
+  "input_format", "auto", "--mode=embed: auto|folder|image|paths|npy|sentences|jsonl|tsv."
+)
 _EMBED_BATCH = flags.DEFINE_integer("embed_batch_size", 256, "--mode=embed: batch over all local devices.")
 _EMBED_DTYPE = flags.DEFINE_enum("embed_dtype", "float32", ["float32", "float16"], "--mode=embed: output dtype.")
 _SHARD_ROWS = flags.DEFINE_integer("shard_rows", 100_000, "--mode=embed: rows per output part.")
@@ -65,16 +67,19 @@ def main(argv):
     from export import embed
 
     output = _OUTPUT.value or os.path.join(workdir, "embeddings")
-    summary = embed.embed_path(
-      _ARTIFACT.value or os.path.join(workdir, "export"),
-      _INPUT.value,
-      output,
-      tower=_TOWER.value,
-      input_format=_INPUT_FORMAT.value,
-      batch_size=_EMBED_BATCH.value,
-      dtype=_EMBED_DTYPE.value,
-      shard_rows=_SHARD_ROWS.value,
-    )
+    try:
+      summary = embed.embed_path(
+        _ARTIFACT.value or os.path.join(workdir, "export"),
+        _INPUT.value,
+        output,
+        tower=_TOWER.value,
+        input_format=_INPUT_FORMAT.value,
+        batch_size=_EMBED_BATCH.value,
+        dtype=_EMBED_DTYPE.value,
+        shard_rows=_SHARD_ROWS.value,
+      )
+    except KeyboardInterrupt:
+      sys.exit(embed.INTERRUPTED.format(output=output))
     print(embed.summary_line(output, summary))
     return
   config = _CONFIG.value

@@ -39,6 +39,7 @@ import numpy as np
 from export import embed_inputs, jax_export
 
 RUN, SUMMARY = "run.json", "summary.json"
+INTERRUPTED = "interrupted: the completed parts in {output} are kept; run the same command again to resume."
 
 
 def _part_name(k: int) -> str:
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
-    sys.exit(f"interrupted: the completed parts in {args.output} are kept; run the same command again to resume.")
+    sys.exit(INTERRUPTED.format(output=args.output))
   print(summary_line(args.output, summary))
 
 

@@ -5,6 +5,8 @@ are checked against training in test_export.py and test_export_text.py."""
 import io
 import json
 import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -131,8 +133,13 @@ def test_sentence_file_skips_invalid_utf8_lines_and_the_index_keeps_each_rows_li
   ]
   assert index[3]["reason"].startswith("invalid utf-8: byte 4")
   emb = embed.load_embeddings(str(tmp_path / "out"), "text")
-  np.testing.assert_allclose(emb, _expected_texts(["a circle", "", "Zwei Männer", "last line"]), rtol=1e-6, atol=1e-6)
+  sentences = ["a circle", "", "Zwei Männer", "last line"]
+  np.testing.assert_allclose(emb, _expected_texts(sentences), rtol=1e-6, atol=1e-6)
   assert not os.path.exists(tmp_path / "out" / "image")
+
+  np.save(tmp_path / "ids.npy", tokenization.get("bytes").encode(sentences, MAX_LEN))  # token ids: the same rows
+  embed.embed_path(toy_export, str(tmp_path / "ids.npy"), str(tmp_path / "ids"), batch_size=8, progress=False)
+  np.testing.assert_array_equal(embed.load_embeddings(str(tmp_path / "ids"), "text"), emb)
 
 
 def test_jsonl_and_tsv_pairs_feed_both_towers_in_one_pass_and_a_broken_pair_is_skipped_whole(toy_export, tmp_path):
@@ -233,3 +240,12 @@ def test_format_detection_by_folder_suffix_and_first_line(tmp_path):
     "jsonl",
     "tsv",
   ]
+
+
+def test_throughput_benchmark_skips_cleanly_without_the_data():
+  script = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "embed_throughput.py"
+  )
+  env = {**os.environ, "DATA": "/nonexistent/cifar10.npz"}
+  out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+  assert "skipped" in json.loads(out.strip().splitlines()[-1])
