@@ -3,7 +3,8 @@
     python main.py --config=configs/simclr_shapes.py --workdir=workdirs/simclr [--config.batch_size=512 ...]
     python main.py --workdir=workdirs/simclr --mode=eval        # the run's saved config.json
     python main.py --workdir=workdirs/simclr --mode=export [--config.export.formats="('hf',)"]
-    python main.py --mode=embed --workdir=workdirs/simclr --input=images/ --output=emb.npy
+    python main.py --mode=embed --workdir=workdirs/simclr --input=photos/ --output=emb/   # python -m export.embed --help
+    python main.py --mode=embed --workdir=workdirs/clip --input=sentences.txt --output=text_emb/   # text tower
     python main.py --config=configs/clip_shapes.py:tiny --workdir=w \
         --config.evals.cifar10.type=zero_shot --config.evals.cifar10.data.name=cifar10_npz   # a new named evaluation
     python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # one per host
@@ -29,16 +30,23 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and exports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "embed"], "What to do.")
-_INPUT = flags.DEFINE_string("input", None, "--mode=embed: .npy array, folder of images, or text file.")
-_OUTPUT = flags.DEFINE_string("output", None, "--mode=embed: where to write the embeddings (.npy).")
+_INPUT = flags.DEFINE_string(
+  "input", None, "--mode=embed: folder of images, file of image paths or sentences, .npy, .jsonl or .tsv."
+)
+_OUTPUT = flags.DEFINE_string("output", None, "--mode=embed: output directory (default <workdir>/embeddings); resumed.")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "--mode=embed: exported model directory (default <workdir>/export).")
 _TOWER = flags.DEFINE_enum(
   "tower",
   None,
   ["image", "text"],
-  "--mode=embed: which exported tower (default: image for a "
-  "folder or .npy, text for a text file; --tower=text with a .npy takes token ids).",
+  "--mode=embed: run only this tower (default: every tower the input feeds and the export has).",
 )
+_INPUT_FORMAT = flags.DEFINE_string(
+  "input_format", "auto", "--mode=embed: auto|folder|image|paths|npy|sentences|jsonl|tsv."
+)
+_EMBED_BATCH = flags.DEFINE_integer("embed_batch_size", 256, "--mode=embed: batch over all local devices.")
+_EMBED_DTYPE = flags.DEFINE_enum("embed_dtype", "float32", ["float32", "float16"], "--mode=embed: output dtype.")
+_SHARD_ROWS = flags.DEFINE_integer("shard_rows", 100_000, "--mode=embed: rows per output part.")
 _PROFILE = flags.DEFINE_bool(
   "profile", False, "--mode=train: trace config.profile_steps (default the 3rd to 5th step) into <workdir>/profile."
 )
@@ -73,13 +81,21 @@ def main(argv):
   if _MODE.value == "embed":  # needs only the exported artifact, not the training code
     from export import embed
 
-    out = embed.embed_path(
-      _ARTIFACT.value or os.path.join(workdir, "export"),
-      _INPUT.value,
-      _OUTPUT.value or os.path.join(workdir, "embeddings.npy"),
-      tower=_TOWER.value,
-    )
-    print(f"wrote {out}")
+    output = _OUTPUT.value or os.path.join(workdir, "embeddings")
+    try:
+      summary = embed.embed_path(
+        _ARTIFACT.value or os.path.join(workdir, "export"),
+        _INPUT.value,
+        output,
+        tower=_TOWER.value,
+        input_format=_INPUT_FORMAT.value,
+        batch_size=_EMBED_BATCH.value,
+        dtype=_EMBED_DTYPE.value,
+        shard_rows=_SHARD_ROWS.value,
+      )
+    except KeyboardInterrupt:
+      sys.exit(embed.INTERRUPTED.format(output=output))
+    print(embed.summary_line(output, summary))
     return
   config = load_config(workdir)
 

@@ -1,7 +1,8 @@
 """Serialises trained encoders with `jax.export`: self-contained StableHLO artifacts with a symbolic batch size.
 
 One export directory holds one artifact per tower and one `model_card.json` that describes them all:
-- image tower: `encoder.jax_exported`, uint8 [b, H, W, 3] -> float32 [b, D] (preprocessing inside);
+- image tower: `encoder.jax_exported`, uint8 [b, S, S, 3] -> float32 [b, D] (normalisation inside); the card records
+  how images become [S, S, 3] on the evaluation path (`IMAGE_PREPROCESSING`), which `export.embed` applies;
 - text tower: `text_encoder.jax_exported`, int32 token ids [b, L] -> float32 [b, D] (padding mask derived inside from
   pad id 0); the tokenizer is named in the card and its file (if any) is written next to the artifact.
 """
@@ -17,12 +18,23 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 ARTIFACTS = {"image": "encoder.jax_exported", "text": "text_encoder.jax_exported"}
 SAVED_MODELS = {"image": "saved_model", "text": "text_saved_model"}
 MODEL_CARD = "model_card.json"
 # The tokenizer file copied next to the text artifact, by tokenizer name (bytes needs none).
 TOKENIZER_FILES = {"wordpiece": "tokenizer.json", "sentencepiece": "tokenizer.model"}
+# How the evaluation path turns an encoded image into the image tower's [S, S, 3] input: records.images.decode_image
+# (PIL). Written to the card with S; export.embed applies it from there and refuses a card that asks for another.
+IMAGE_PREPROCESSING = {
+  "decoder": "records.images.decode_image",
+  "color": "RGB",
+  "resize": "shorter side to image_size",
+  "interpolation": "bicubic (PIL, reducing_gap=3.0)",
+  "crop": "centre, image_size x image_size",
+}
 
 
 def _write_artifact(
@@ -83,9 +95,13 @@ def export_image_encoder(
 ) -> str:
   """Writes `<out_dir>/encoder.jax_exported` (uint8 [b, H, W, 3] -> float32 [b, D]) and its model card entry.
 
-  The parameters are baked into the artifact as constants; preprocessing (scale to [0, 1], per-channel
-  standardisation) is inside the exported function, so callers pass raw uint8 pixels.
+  The parameters are baked into the artifact as constants; normalisation (scale to [0, 1], per-channel
+  standardisation) is inside the exported function, so callers pass raw uint8 pixels; the card's "preprocessing"
+  says how encoded images become those pixels on the evaluation path (image_shape is [S, S, 3], S the data config's
+  image_size).
   """
+  if image_shape[0] != image_shape[1]:
+    raise ValueError(f"The evaluation path centre-crops square images; got image_shape {image_shape}.")
   params, model_state = jax.device_get((params, model_state))
 
   def encode(images):
@@ -104,7 +120,8 @@ def export_image_encoder(
         "range": [0, 255],
         "layout": "NHWC, RGB",
       },
-      "preprocessing": "included: x/255, then (x - mean) / std per channel",
+      "preprocessing": {"image_size": int(image_shape[0]), **IMAGE_PREPROCESSING},
+      "normalisation": "included: x/255, then (x - mean) / std per channel",
       "mean": list(config.data.mean) if config is not None else None,
       "std": list(config.data.std) if config is not None else None,
     },
@@ -186,25 +203,18 @@ def load(artifact_dir: str, tower: str = "image") -> jax.export.Exported:
     return jax.export.deserialize(bytearray(f.read()))
 
 
-def embed_arrays(
-  artifact_dir: str, inputs: np.ndarray, *, tower: str = "image", batch_size: int = 256, progress: bool = False
-) -> np.ndarray:
-  """Embeds uint8 images [N, H, W, 3] or int32 tokens [N, L] with an exported tower -> float32 [N, D].
-
-  Runs in batches of `batch_size` (the last one padded with zeros, then trimmed, so one compilation serves all).
-  """
+def load_sharded(artifact_dir: str, tower: str = "image", devices=None) -> tuple[Callable, int]:
+  """(fn, device count): fn runs a tower's artifact on a batch split over `devices` (default: this process's), one
+  slice per device (`shard_map`: the artifact's batch dimension is symbolic); the batch must divide evenly."""
   exported = load(artifact_dir, tower)
-  fn = jax.jit(exported.call)
-  out = []
-  starts = range(0, len(inputs), batch_size)
-  if progress:
-    from tqdm import tqdm
-
-    starts = tqdm(starts, desc=f"embed ({tower})", unit="batch")
-  for i in starts:
-    chunk = inputs[i : i + batch_size]
-    n = len(chunk)
-    if n < batch_size and len(inputs) > batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(fn(chunk))[:n])
-  return np.concatenate(out) if out else np.zeros((0, exported.out_avals[0].shape[-1]), np.float32)
+  devices = list(devices or jax.local_devices())
+  platform = devices[0].platform  # "cpu", "gpu" or "tpu"; artifacts name GPUs "cuda" / "rocm"
+  if platform not in {{"cuda": "gpu", "rocm": "gpu"}.get(p, p) for p in exported.platforms}:
+    raise ValueError(
+      f"{artifact_dir} was exported for {', '.join(exported.platforms)} and this process runs on {platform}: "
+      "export it again with platforms that include this one (export_*_encoder(..., platforms=(...)))."
+    )
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",), axis_types=(AxisType.Auto,))
+  sharding = NamedSharding(mesh, P("batch"))
+  fn = jax.shard_map(exported.call, mesh=mesh, in_specs=P("batch"), out_specs=P("batch"))
+  return jax.jit(fn, in_shardings=sharding, out_shardings=sharding), mesh.size

@@ -1,4 +1,5 @@
-"""The exported encoder gives the same embeddings as the in-training encoder, and embeds from the CLI."""
+"""The exported encoder gives the same embeddings as the in-training encoder, and the embed CLI gives the training
+process's evaluation embeddings of a folder of images."""
 
 import os
 import subprocess
@@ -7,20 +8,34 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import input_pipeline
-from export import jax_export
+from export import embed, jax_export
 from train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(tmp_path, tiny_simclr_run):
+@pytest.fixture(scope="module")
+def simclr_export(tmp_path_factory, tiny_simclr_run):
+  """(config, mesh, method, state, export dir) of the tiny SimCLR run, its image tower exported once."""
   config, workdir, _ = tiny_simclr_run
   mesh, method, state = trainer.restore_trained(config, workdir)
+  size = config.data.image_size
   out = jax_export.export_image_encoder(
-    method, state.params, state.model_state, image_shape=(32, 32, 3), out_dir=str(tmp_path / "export"), config=config
+    method,
+    state.params,
+    state.model_state,
+    image_shape=(size, size, 3),
+    out_dir=str(tmp_path_factory.mktemp("simclr_export")),
+    config=config,
   )
+  return config, mesh, method, state, out
+
+
+def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(simclr_export):
+  config, _, method, state, out = simclr_export
   images = input_pipeline.load_split(config.data, "test")["image"]
   exported = jax_export.load(out)
   for n in (3, 16):
@@ -28,15 +43,34 @@ def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(tmp_path,
     got = np.asarray(exported.call(images[:n]))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
-  np.save(tmp_path / "imgs.npy", images[:5])
+
+def _image_folder(root) -> list[str]:
+  """root/class/* (an image_folder data set): PNG / JPEG / grayscale images of other sizes, and two broken files."""
+  rng = np.random.default_rng(0)
+  files = {"a/wide.png": (24, 40, "RGB"), "a/small.jpg": (20, 20, "RGB"), "b/gray.png": (48, 36, "L")}
+  for name, (h, w, mode) in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode).save(root / name)
+  (root / "a" / "empty.png").write_bytes(b"")
+  (root / "b" / "text.jpg").write_bytes(b"not an image")
+  return sorted(files)
+
+
+def test_embed_cli_on_a_folder_gives_the_training_evaluation_embeddings_and_lists_the_broken_files(
+  simclr_export, tmp_path
+):
+  config, mesh, method, state, out = simclr_export
+  good = _image_folder(tmp_path / "photos")
   r = subprocess.run(
     [
       sys.executable,
       "main.py",
       "--mode=embed",
       f"--workdir={tmp_path}",
-      f"--input={tmp_path / 'imgs.npy'}",
-      f"--output={tmp_path / 'emb.npy'}",
+      f"--artifact={out}",
+      f"--input={tmp_path / 'photos'}",
+      f"--output={tmp_path / 'emb'}",
+      "--embed_batch_size=8",
     ],
     cwd=REPO,
     capture_output=True,
@@ -44,16 +78,22 @@ def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(tmp_path,
     timeout=300,
   )
   assert r.returncode == 0, r.stderr
-  emb = np.load(tmp_path / "emb.npy")
-  np.testing.assert_allclose(emb, np.asarray(exported.call(images[:5])), rtol=1e-5, atol=1e-5)
+  assert "embedded 3 of 5 records" in r.stdout and "skipped 2 (empty: 1, not an image: 1)" in r.stdout
+  index = list(embed.read_index(str(tmp_path / "emb")))
+  assert [os.path.relpath(x["path"], tmp_path / "photos") for x in index if x["status"] == "ok"] == good
+  # The evaluation path of the training process: the same folder as an image_folder data set, embedded by the trainer.
+  eval_config = config.copy_and_resolve_references()
+  eval_config.data.update(dict(name="image_folder", path=str(tmp_path / "photos")))
+  eval_config.eval.batch_size = 8
+  expected, _ = trainer.embed_split(eval_config, method, state, mesh, "test")
+  np.testing.assert_allclose(embed.load_embeddings(str(tmp_path / "emb")), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_saved_model_matches_training_encoder_for_two_batch_sizes(tmp_path, tiny_simclr_run):
+def test_saved_model_matches_training_encoder_for_two_batch_sizes(tmp_path, simclr_export):
   tf = pytest.importorskip("tensorflow")
   from export import saved_model
 
-  config, workdir, _ = tiny_simclr_run
-  mesh, method, state = trainer.restore_trained(config, workdir)
+  config, _, method, state, _ = simclr_export
   path = saved_model.export_image_encoder_saved_model(
     method, state.params, state.model_state, image_shape=(32, 32, 3), out_dir=str(tmp_path / "export")
   )

