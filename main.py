@@ -25,7 +25,9 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Recipe file with get_config(arg); `file.py:arg` passes arg. Default: <workdir>/config.json.",
+  "config",
+  None,
+  "Recipe file with get_config(arg); `file.py:arg` passes arg. Default: <workdir>/config.json.",
   lock_config=False,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and exports.")
@@ -134,8 +136,10 @@ def _split_config_overrides(argv: list[str]) -> list[str]:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+  argv = _split_config_overrides(argv)
+  sys.argv[:] = argv  # config_flags reads sys.argv itself: it must not see the overrides it cannot apply
   try:
-    return flags.FLAGS(_split_config_overrides(argv))
+    return flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(f"error: {e}\nPass --helpshort or --helpfull to see help on flags.")
 

@@ -6,7 +6,7 @@ line (pairs/s and peak RSS).
 Workload: ViT image tower 64x64, patch 8, width 256, 6 layers, 4 heads (class-token pooling); causal text transformer,
 context 32, vocab 1000, width 256, 6 layers, 4 heads; both projected to 256; open_clip's ClipLoss convention
 (`losses.clip_softmax_loss`, learnable logit scale); AdamW (lr 1e-4, weight decay 0.1); batch 128 of random images
-and tokens. The step is the trainer's (`train.trainer.make_train_step`) on the CLIP method (`methods.clip`).
+and tokens. The step is the trainer's (`train.step.make_train_step`) on the CLIP method (`methods.clip`).
 
 Environment: BATCH (128), STEPS (5 timed steps after one warm-up), THREADS, DEVICES, MALLOC as in simclr_step.py.
 """
@@ -35,15 +35,8 @@ def clip_config(batch: int, *, tiny: bool = False):
     name="text_transformer", vocab_size=1000, context_length=32, width=width, depth=depth, num_heads=heads, causal=True
   )
   c.model.embed_dim = width
-  c.optimizer = dict(
-    name="adamw",
-    base_lr=1e-4,
-    b1=0.9,
-    b2=0.999,
-    weight_decay=0.1,
-    warmup_steps=0,
-    schedule="constant",
-    batch_size=batch,
+  c.optimizer.update(
+    dict(name="adamw", base_lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant")
   )
   return c
 
@@ -56,7 +49,7 @@ def build_step(config):
   import methods
   from parallel import mesh as mesh_lib
   from train import optim
-  from train import trainer
+  from train import step as step_lib
 
   rng = np.random.default_rng(0)
   size, batch = config.data.image_size, config.batch_size
@@ -67,9 +60,9 @@ def build_step(config):
   mesh = mesh_lib.build_mesh(config.mesh)
   mesh_lib.check_batch_size(batch, mesh)
   method = methods.get("clip")(config, mesh)
-  tx, lr = optim.make_optimizer(config.optimizer, total_steps=1000)
-  state, shardings = trainer.create_train_state(config, method, tx, mesh, data)
-  step = trainer.make_train_step(method, tx, shardings, lr)
+  tx, lr = optim.make_optimizer(config.optimizer, 1000, config.batch_size)
+  state, shardings = step_lib.create_train_state(config, method, tx, mesh, data)
+  step = step_lib.make_train_step(method, tx, shardings, lr)
   return step, state, jax.device_put(data, mesh_lib.batch_sharding(mesh))
 
 

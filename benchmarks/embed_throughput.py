@@ -6,8 +6,8 @@ evaluation embedding of the same files, and the CLI's peak RSS for SMALL vs N in
 Workload: the first N CIFAR-10 test images (32x32 JPEGs, ../shared/data/cifar10.npz) as files of one folder; the
 `make run` encoder (configs/simclr_shapes.py: ResNet (1,1,1,1) width 16, CIFAR stem) at its initial parameters (the
 speed does not depend on training), exported with jax.export. Both paths decode with records.images.decode_image and
-embed in batches of BATCH over DEVICES host devices. The training path is `trainer.embed_split` on the folder as an
-image_folder data set (input_pipeline's parallel decode of the whole split, then the method's jitted embed_fn), in
+embed in batches of BATCH over DEVICES host devices. The training path is the evaluators' `embed_split` on the folder as an
+image_folder data set (input_pipeline's streamed decode of the split, then the method's jitted embed_image), in
 its own process like the CLI. Times: the CLI from process start to exit (imports, loading the artifact, compilation
 and file reading included) and its loop alone (summary.json); the training path's `embed_split` call (reading the
 split and embedding it, compilation included; a training process holds its model already) and its whole process.
@@ -37,25 +37,17 @@ def _env_int(name: str, default: int) -> int:
 
 
 def build(folder: str, batch: int):
-  """(config, mesh, method, state) of the `make run` SimCLR encoder at its initial parameters, with the folder as its
-  image_folder evaluation data."""
-  import types
-
-  import jax
-  import numpy as np
-
-  import methods
-  from configs import simclr_shapes
-  from parallel import mesh as mesh_lib
+  """(config, run) of the `make run` SimCLR encoder at its initial parameters, with the folder as its data and as its
+  one evaluation's data (`folder`, evaluated in batches of `batch`)."""
+  from configs import default, simclr_shapes
+  from train import setup
 
   config = simclr_shapes.get_config()
   config.data.update(dict(name="image_folder", path=folder, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD))
-  config.eval.batch_size = batch
-  mesh = mesh_lib.build_mesh(config.mesh)
-  method = methods.get(config.method)(config, mesh)
-  init = jax.jit(method.init)  # compiled once instead of op by op (seconds, not tens)
-  params, model_state, _ = init(jax.random.PRNGKey(0), {"image": np.zeros((2, 32, 32, 3), np.uint8)})
-  return config, mesh, method, types.SimpleNamespace(params=params, model_state=model_state)
+  config.evals = {"folder": default.eval_config("knn", batch_size=batch)}
+  run = setup.build(config)
+  run.data.close()
+  return config, run
 
 
 def write_folder(data_path: str, root: str, n: int) -> str:
@@ -89,11 +81,12 @@ def _train_eval(folder: str, out_npy: str, batch: int) -> None:
   """Child: the training process's evaluation embedding of the folder, saved to out_npy."""
   import numpy as np
 
-  from train import trainer
+  from evaluators import common
 
-  config, mesh, method, state = build(folder, batch)
+  _, run = build(folder, batch)
+  predict_fns = run.predict_fns(run.state)
   start = time.perf_counter()  # a training process holds its model already: time reading + embedding the split
-  emb, _ = trainer.embed_split(config, method, state, mesh, "test")
+  emb, _ = common.embed_split(run.evals["folder"], predict_fns, "test")
   np.save(out_npy, emb)
   print(json.dumps({"embed_s": time.perf_counter() - start}))
 
@@ -102,9 +95,11 @@ def _export(folder: str, out_dir: str, batch: int) -> None:
   """Child: exports the same encoder (same seed, same initial parameters) as the CLI's artifact."""
   from export import jax_export
 
-  config, _, method, state = build(folder, batch)
+  config, run = build(folder, batch)
+  embed_image = run.method.predict_fns["embed_image"]
+  state = run.state
   jax_export.export_image_encoder(
-    method, state.params, state.model_state, image_shape=(32, 32, 3), out_dir=out_dir, config=config
+    embed_image, state.params, state.model_state, image_shape=(32, 32, 3), out_dir=out_dir, config=config
   )
 
 

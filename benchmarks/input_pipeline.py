@@ -24,6 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import input_pipeline  # noqa: E402
+from configs import default
 from input_pipeline import augment_jax, shapes, sources  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def main() -> None:
   args = parser.parse_args()
   b, steps, v = args.batch_size, args.steps, args.views
 
-  config = input_pipeline.default_data_config()
+  config = default.data()
   if os.path.exists(sources.DEFAULT_CIFAR10_NPZ):
     config.name = "cifar10_npz"
   else:

@@ -52,7 +52,7 @@ from parallel import mesh as mesh_lib  # noqa: E402
 from train import optim  # noqa: E402
 from parallel import partition  # noqa: E402
 from train import perf  # noqa: E402
-from train import trainer  # noqa: E402
+from train import step as step_lib  # noqa: E402
 
 VARIANTS = {
   "data": dict(mesh=dict(data=-1, fsdp=1)),
@@ -75,6 +75,7 @@ def variant_config(name: str) -> ml_collections.ConfigDict:
       depth=ARGS.depth,
       num_heads=max(1, ARGS.width // 64),
       remat=variant.get("remat", False),
+      dtype="float32",
     )
   )
   c.head = ml_collections.ConfigDict(dict(hidden_dim=ARGS.width * 4, out_dim=128, num_layers=2, use_bn=False))
@@ -98,10 +99,10 @@ def measure(name: str) -> dict:
     )
   )
   method = methods.get(config.method)(config, mesh)
-  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
-  shapes, shardings = trainer.abstract_train_state(config, method, tx, mesh, batch)
-  state, _ = trainer.create_train_state(config, method, tx, mesh, batch)
-  step = trainer.make_train_step(method, tx, shardings, lr, **trainer.train_step_options(config))
+  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps, config.batch_size)
+  shapes, shardings = step_lib.abstract_train_state(config, method, tx, mesh, batch)
+  state, _ = step_lib.create_train_state(config, method, tx, mesh, batch)
+  step = step_lib.make_train_step(method, tx, shardings, lr, **step_lib.train_step_options(config))
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

@@ -51,7 +51,7 @@ def train_for(config, images, budget_s: float, *, seed: int = 0):
   import methods
   from parallel import mesh as mesh_lib
   from train import optim
-  from train import trainer
+  from train import step as step_lib
 
   start = time.perf_counter()
   mesh = mesh_lib.build_mesh(config.mesh)
@@ -59,10 +59,10 @@ def train_for(config, images, budget_s: float, *, seed: int = 0):
   rng = np.random.default_rng(seed)
   draw = lambda: jax.device_put({"image": images[rng.integers(0, len(images), config.batch_size)]}, sharding)
   method = methods.get("simclr")(config, mesh)
-  tx, lr = optim.make_optimizer(config.optimizer, total_steps=1_000_000)
+  tx, lr = optim.make_optimizer(config.optimizer, 1_000_000, config.batch_size)
   batch = draw()
-  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
-  step = trainer.make_train_step(method, tx, shardings, lr).lower(state, batch).compile()
+  state, shardings = step_lib.create_train_state(config, method, tx, mesh, batch)
+  step = step_lib.make_train_step(method, tx, shardings, lr).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   steps, metrics = 0, None
   while time.perf_counter() - start < budget_s:
@@ -88,11 +88,12 @@ def knn_top1(method, state, train, test, *, batch_size: int = 500) -> float:
   import jax
 
   import evaluators
+  from evaluators.common import Embedder
+  from parallel import mesh as mesh_lib
 
-  embed = jax.jit(method.embed_fn)
-  features = lambda x: evaluators.embed_arrays(
-    lambda b: embed(state.params, state.model_state, b), {"image": x}, batch_size=batch_size
-  )
+  embed = jax.jit(method.predict_fns["embed_image"])
+  embedder = Embedder(mesh_lib.build_mesh(), batch_size)
+  features = lambda x: embedder.chunks(lambda b: embed(state.params, state.model_state, b), {"image": x})
   return evaluators.knn_accuracy(
     features(train[0]), train[1], features(test[0]), test[1], num_classes=10, k=200, temperature=0.1
   )

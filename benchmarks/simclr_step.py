@@ -5,7 +5,7 @@ line (images/s and peak RSS).
 
 Workload: ResNet-18 with the CIFAR stem ("resnet18_cifar"), projection MLP 512-2048-128 ("projection_head"), NT-Xent at
 temperature 0.5, BATCH examples -> 2 x BATCH random 32x32 views (no augmentation: this times the model step), SGD with
-momentum 0.9. The step is the trainer's own (`train.trainer.make_train_step`: donated state, non-finite guard,
+momentum 0.9. The step is the trainer's own (`train.step.make_train_step`: donated state, non-finite guard,
 metrics) around the SimCLR method's encoder and loss stages.
 
 Environment: BATCH (256), STEPS (3 timed steps after one warm-up), THREADS (cores to run on, default all),
@@ -93,13 +93,14 @@ def simclr_config(batch: int, *, conv: str = "blocked", accum: int = 1, tiny: bo
 
   c = simclr_shapes.get_config()
   c.batch_size = batch
-  c.model = dict(name="resnet18_cifar") if not tiny else dict(name="resnet", stage_sizes=(1, 1), width=8, stem="cifar")
+  model = dict(name="resnet18_cifar") if not tiny else dict(name="resnet", stage_sizes=(1, 1), width=8, stem="cifar")
+  c.model = dict(model, dtype="float32", remat=False)
   if conv != "xla":
     c.model.conv_impl = conv
   c.head = dict(hidden_dim=2048, out_dim=128, num_layers=2) if not tiny else dict(hidden_dim=32, out_dim=16)
-  c.loss = dict(name="nt_xent", temperature=0.5)
-  c.optimizer = dict(
-    name="sgd", base_lr=0.06, momentum=0.9, weight_decay=5e-4, warmup_steps=0, schedule="constant", batch_size=batch
+  c.loss.temperature = 0.5
+  c.optimizer.update(
+    dict(name="sgd", base_lr=0.06, momentum=0.9, weight_decay=5e-4, warmup_steps=0, schedule="constant")
   )
   c.grad_accum_steps, c.grad_accum_mode = accum, "cached"
   c.mesh = dict(data=-1, fsdp=1)
@@ -116,7 +117,7 @@ def build_step(config, views):
   from methods.base import compose_loss
   from parallel import mesh as mesh_lib
   from train import optim
-  from train import trainer
+  from train import step as step_lib
 
   mesh = mesh_lib.build_mesh(config.mesh)
   mesh_lib.check_batch_size(config.batch_size, mesh, config.grad_accum_steps)
@@ -125,9 +126,9 @@ def build_step(config, views):
   method = dataclasses.replace(
     simclr, prepare_fn=given_views, loss_fn=compose_loss(given_views, simclr.encode_fn, simclr.embedding_loss_fn)
   )
-  tx, lr = optim.make_optimizer(config.optimizer, total_steps=1000)
-  state, shardings = trainer.create_train_state(config, method, tx, mesh, {"image": views[:, 0]})
-  step = trainer.make_train_step(
+  tx, lr = optim.make_optimizer(config.optimizer, 1000, config.batch_size)
+  state, shardings = step_lib.create_train_state(config, method, tx, mesh, {"image": views[:, 0]})
+  step = step_lib.make_train_step(
     method, tx, shardings, lr, accum_steps=config.grad_accum_steps, accum_mode=config.grad_accum_mode
   )
   return step, state, jax.device_put({"views": views}, mesh_lib.batch_sharding(mesh))

@@ -48,8 +48,8 @@ def parse_value(text: str):
 
 
 def _nearest(path: str, config) -> str:
-  close = difflib.get_close_matches(path, flatten(config), n=3, cutoff=0.6)
-  return f" Did you mean {' or '.join(close)}?" if close else ""
+  close = difflib.get_close_matches(path, flatten(config), n=1, cutoff=0.6)
+  return f" Did you mean {close[0]}?" if close else ""
 
 
 def _coerce(current, value, path: str):
@@ -58,7 +58,7 @@ def _coerce(current, value, path: str):
     return value
   if isinstance(current, bool):
     if not isinstance(value, bool):
-      raise ConfigError(f"--config.{path} is a bool (True/False), got {value!r}.")
+      raise ConfigError(f"--config.{path} takes True or False, got {value!r}.")
     return value
   if isinstance(current, str):
     return value if isinstance(value, str) else str(value)
@@ -68,7 +68,7 @@ def _coerce(current, value, path: str):
     value = tuple(value) if isinstance(value, tuple | list) else (value,)
     return value
   if type(value) is not type(current) and not isinstance(current, ml_collections.ConfigDict):
-    raise ConfigError(f"--config.{path} is a {type(current).__name__}, got {value!r} ({type(value).__name__}).")
+    raise ConfigError(f"--config.{path} takes a value of type {type(current).__name__}, got {value!r}.")
   return value
 
 
@@ -81,8 +81,8 @@ def _set(config, path: str, value) -> None:
     if key not in node:
       if prefix == f"evals.{key}" and i == 1:
         raise ConfigError(
-          f"--config.{path}: the evaluation {key!r} does not exist; create it with --config.evals.{key}.type=<type> "
-          f"before its other options (types: {', '.join(default.EVAL_TYPES)})."
+          f"--config.{path}: the evaluation {key!r} does not exist; add it with --config.evals.{key}.type=<type> "
+          f"(types: {', '.join(default.EVAL_TYPES)})."
         )
       raise ConfigError(f"Unknown config key --config.{path}.{_nearest(path, config)}")
     node = node[key]

@@ -1,6 +1,6 @@
 """Input pipeline: sources -> deterministic, resumable, per-process sharded global batches.
 
-    data_config = input_pipeline.default_data_config()          # the embedded "shapes" dataset
+    data_config = configs.default.data()                         # the embedded "shapes" dataset
     it = input_pipeline.build(data_config, split="train", global_batch_size=256, sharding=batch_sharding, seed=0)
     batch = next(it)        # {"image": uint8 [256, 32, 32, 3], "label": int32 [256], "caption": int32 [256, L]}
     state = it.get_state()  # JSON; it.set_state(state) resumes exactly
@@ -23,32 +23,9 @@ import tokenization as tokenizers
 from input_pipeline import sources
 from input_pipeline.iterator import BatchIterator, batch_shards
 
-__all__ = ["build", "BatchIterator", "load_split", "num_examples", "default_data_config", "register_source"]
+__all__ = ["build", "BatchIterator", "load_split", "num_examples", "register_source"]
 
 register_source = sources.register
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-  """The embedded "shapes" dataset and every field the other sources read (see sources.py)."""
-  c = ml_collections.ConfigDict()
-  c.name = "shapes"  # a key of sources.SOURCES, or "tfds:<dataset>"
-  c.path = ""  # file / folder / glob for file sources; "{split}" is substituted
-  c.data_dir = ""  # TFDS data_dir ("" = TFDS default)
-  c.download = False  # TFDS: download and prepare when missing (off: fail at once with a how-to)
-  c.image_size = 32  # images are decoded / resized / centre-cropped to [S, S, 3]
-  c.num_classes = 10
-  c.train_size = 50_000  # shapes only
-  c.test_size = 10_000  # shapes only
-  c.seed = 0  # shapes generation seed (the shuffle seed is build(seed=...))
-  c.cache = False  # keep decoded images in memory after the first epoch
-  c.columns = ()  # sentences: TSV column names, e.g. ("score", "text", "text_pos")
-  c.tokenizer = "bytes"  # bytes | sentencepiece | wordpiece | "" (drop text)
-  c.tokenizer_path = ""  # local .model / vocab.txt / tokenizer.json
-  c.max_text_len = 64
-  c.text_views = ""  # "" | copy (SimCSE dropout views) | word_deletion | word_repetition (ESimCSE)
-  c.caption_word_dropout = 0.0  # training captions lose each word with this probability (language augmentation)
-  c.host_views = 0  # >0: that many SimCLR views made on host with tf.image ops
-  return c
 
 
 def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: str):

@@ -197,9 +197,9 @@ def supcon(views: jax.Array, labels: jax.Array, *, temperature: float = 0.1, axi
   anchor_labels = all_labels[s.anchor_sample]
   candidate_labels = all_labels[s.candidate_sample]
   if labels.ndim == 1:
-    affinity = (anchor_labels[:, None] == candidate_labels[None, :]).astype(jnp.float32)
+    affinity = (anchor_labels[:, None] == candidate_labels[None, :]).astype(jnp.promote_types(views.dtype, jnp.float32))
   else:
-    unit = l2_normalize(all_labels.astype(jnp.float32))
+    unit = l2_normalize(all_labels.astype(jnp.promote_types(views.dtype, jnp.float32)))
     affinity = jnp.where(s.same_sample, 1.0, unit[s.anchor_sample] @ unit[s.candidate_sample].T)
   affinity = jnp.where(s.is_self, 0.0, affinity)
   mass = jnp.sum(affinity, axis=1)

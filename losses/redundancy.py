@@ -35,7 +35,7 @@ def barlow_twins(
   check_pair("z1", z1, "z2", z2)
 
   def batch_norm(z):
-    z = z.astype(jnp.float32)
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
     mean = _global_mean(z, axis_name)
     var = _global_mean((z - mean) ** 2, axis_name)
     return (z - mean) / jnp.sqrt(var + eps)
@@ -70,7 +70,8 @@ def vicreg(
     raise ValueError(f"vicreg needs a global batch of at least 2, got local shape {z1.shape}")
   big_n = z1.shape[0] * collectives.axis_size(axis_name)
   dim = z1.shape[1]
-  z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
+  dtype = jnp.promote_types(z1.dtype, jnp.float32)  # at least float32, float64 kept
+  z1, z2 = z1.astype(dtype), z2.astype(dtype)
   invariance = _global_mean(jnp.mean((z1 - z2) ** 2, axis=1), axis_name)
 
   def variance_and_covariance(z):

@@ -27,7 +27,7 @@ def sinkhorn(
   """
   check_positive("epsilon", epsilon)
   # In the log domain, so that scores / epsilon far apart cannot underflow a whole column.
-  log_q = jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon  # [n, K]
+  log_q = jax.lax.stop_gradient(scores).astype(jnp.promote_types(scores.dtype, jnp.float32)) / epsilon  # [n, K]
   for _ in range(iterations):
     # Per prototype over the global batch, then per sample over the prototypes.
     shift = collectives.pmax(jnp.max(log_q, axis=0), axis_name)

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -54,13 +53,12 @@ def toy_export(tmp_path_factory):
     return x.reshape(x.shape[0], -1) @ params["image"]
 
   def embed_text(params, _, batch):
-    tokens = batch["caption"]
+    tokens = batch["text"]
     return (jax.nn.one_hot(tokens, 259) * (tokens != 0)[..., None]).sum(1) @ params["text"]
 
-  method = types.SimpleNamespace(embed_fn=embed_image, embed_text_fn=embed_text)
   params = {"image": W_IMAGE, "text": W_TEXT}
-  jax_export.export_image_encoder(method, params, {}, image_shape=(SIZE, SIZE, 3), out_dir=out)
-  jax_export.export_text_encoder(method, params, {}, max_len=MAX_LEN, out_dir=out)
+  jax_export.export_image_encoder(embed_image, params, {}, image_shape=(SIZE, SIZE, 3), out_dir=out)
+  jax_export.export_text_encoder(embed_text, params, {}, max_len=MAX_LEN, out_dir=out)
   return out
 
 

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from evaluators import alignment, effective_rank, positive_negative_similarities, uniformity
+from evaluators import alignment, effective_rank, uniformity
+from evaluators.health import positive_negative_similarities
 
 
 def _unit(x):

@@ -44,8 +44,15 @@ def test_nearest_prompt_zero_shot_scores_each_class_by_its_best_prompt():
   )
 
 
-def test_registry_returns_evaluators_by_name():
-  assert evaluators.get("knn") is evaluators.knn_accuracy
-  assert evaluators.get("sts") is evaluators.sts_spearman
-  with pytest.raises(KeyError, match="linear_probe"):
-    evaluators.get("nope")
+def test_registry_builds_each_configured_evaluation_by_type_and_names_unknown_types():
+  from configs import default
+  from parallel import mesh as mesh_lib
+
+  config = default.get_config()
+  config.evals = {name: default.eval_config(kind) for name, kind in (("a", "knn"), ("b", "zero_shot"))}
+  evals = evaluators.build(config, mesh_lib.build_mesh())
+  assert {n: type(e).__module__ for n, e in evals.items()} == {"a": "evaluators.knn", "b": "evaluators.zero_shot"}
+  assert evaluators.TYPES == default.EVAL_TYPES
+  config.evals.a.type = "nope"
+  with pytest.raises(ValueError, match="config.evals.a.type='nope' is not an evaluator; known: knn, linear_probe"):
+    evaluators.build(config, mesh_lib.build_mesh())

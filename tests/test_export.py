@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import evaluators
 import input_pipeline
+from configs import default
+from evaluators import common
 from export import embed, jax_export
 from train import trainer
 
@@ -19,9 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def simclr_export(tmp_path_factory, tiny_simclr_run):
-  """(config, mesh, method, state, export dir) of the tiny SimCLR run, its image tower exported once."""
+  """(config, run, embed_image, state, export dir) of the tiny SimCLR run, its image tower exported once."""
   config, workdir, _ = tiny_simclr_run
-  mesh, method, state = trainer.restore_trained(config, workdir)
+  run, state = trainer.restore(config, workdir)
+  method = run.method.predict_fns["embed_image"]
   size = config.data.image_size
   out = jax_export.export_image_encoder(
     method,
@@ -31,17 +35,24 @@ def simclr_export(tmp_path_factory, tiny_simclr_run):
     out_dir=str(tmp_path_factory.mktemp("simclr_export")),
     config=config,
   )
-  return config, mesh, method, state, out
+  return config, run, method, state, out
 
 
 def test_exported_encoder_matches_training_encoder_for_two_batch_sizes(simclr_export):
   config, _, method, state, out = simclr_export
-  images = input_pipeline.load_split(config.data, "test")["image"]
+  images = next(input_pipeline.eval_batches(config.data, "test", batch_size=16))["image"]
   exported = jax_export.load(out)
   for n in (3, 16):
-    expected = np.asarray(jax.jit(method.embed_fn)(state.params, state.model_state, {"image": images[:n]}))
+    expected = np.asarray(jax.jit(method)(state.params, state.model_state, {"image": images[:n]}))
     got = np.asarray(exported.call(images[:n]))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _with_eval(config, name, entry):
+  """A copy of config whose only evaluation is `entry`, named `name`."""
+  config = config.copy_and_resolve_references()
+  config.evals = {name: entry}
+  return config
 
 
 def _image_folder(root) -> list[str]:
@@ -59,7 +70,7 @@ def _image_folder(root) -> list[str]:
 def test_embed_cli_on_a_folder_gives_the_training_evaluation_embeddings_and_lists_the_broken_files(
   simclr_export, tmp_path
 ):
-  config, mesh, method, state, out = simclr_export
+  config, run, method, state, out = simclr_export
   good = _image_folder(tmp_path / "photos")
   r = subprocess.run(
     [
@@ -82,10 +93,11 @@ def test_embed_cli_on_a_folder_gives_the_training_evaluation_embeddings_and_list
   index = list(embed.read_index(str(tmp_path / "emb")))
   assert [os.path.relpath(x["path"], tmp_path / "photos") for x in index if x["status"] == "ok"] == good
   # The evaluation path of the training process: the same folder as an image_folder data set, embedded by the trainer.
-  eval_config = config.copy_and_resolve_references()
-  eval_config.data.update(dict(name="image_folder", path=str(tmp_path / "photos")))
-  eval_config.eval.batch_size = 8
-  expected, _ = trainer.embed_split(eval_config, method, state, mesh, "test")
+  folder = dict(name="image_folder", path=str(tmp_path / "photos"))
+  evaluator = evaluators.build(
+    _with_eval(config, "folder", default.eval_config("knn", data=folder, batch_size=8)), run.mesh
+  )
+  expected, _ = common.embed_split(evaluator["folder"], run.predict_fns(state), "test")
   np.testing.assert_allclose(embed.load_embeddings(str(tmp_path / "emb")), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -98,8 +110,8 @@ def test_saved_model_matches_training_encoder_for_two_batch_sizes(tmp_path, simc
     method, state.params, state.model_state, image_shape=(32, 32, 3), out_dir=str(tmp_path / "export")
   )
   serve = tf.saved_model.load(path).signatures["serving_default"]
-  images = input_pipeline.load_split(config.data, "test")["image"]
+  images = next(input_pipeline.eval_batches(config.data, "test", batch_size=16))["image"]
   for n in (3, 16):
-    expected = np.asarray(jax.jit(method.embed_fn)(state.params, state.model_state, {"image": images[:n]}))
+    expected = np.asarray(jax.jit(method)(state.params, state.model_state, {"image": images[:n]}))
     got = serve(images=tf.constant(images[:n]))["embeddings"].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

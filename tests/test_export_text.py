@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import main
 import methods
+import tokenization
 from configs import clip_shapes, simcse_shapes
-from export import jax_export
-from methods import image_text
+from export import jax_export, writers
 from models import convert
 from records import images
 
@@ -37,10 +36,17 @@ SENTENCES = [
 ]
 
 
+def tokenize(config, texts) -> np.ndarray:
+  """int32 [T, max_text_len]: texts with the run's tokenizer."""
+  return tokenization.get(config.data.tokenizer, config.data.tokenizer_path).encode(
+    list(texts), config.data.max_text_len
+  )
+
+
 def _exported_run(config, out_root):
   """(config, method, state, export dir, training text embeddings [len(SENTENCES), D]) of an initialised (untrained)
   run exported by main.py's export path."""
-  config.export.saved_model = False  # the SavedModel has its own test
+  config.export.formats = ("jax",)  # the SavedModel has its own test
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   method = methods.get(config.method)(config, mesh)
   size, max_len = config.data.image_size, config.data.max_text_len
@@ -48,9 +54,10 @@ def _exported_run(config, out_root):
   params, model_state, _ = method.init(jax.random.PRNGKey(0), sample)
   state = types.SimpleNamespace(params=params, model_state=model_state)
   expected = np.asarray(
-    jax.jit(method.embed_text_fn)(params, model_state, {"caption": image_text.tokenize(config, SENTENCES)})
+    jax.jit(method.predict_fns["embed_text"])(params, model_state, {"text": tokenize(config, SENTENCES)})
   )
-  return config, method, state, main._export(config, str(out_root), (method, state)), expected
+  out = writers.export_all(config, method.predict_fns, params, model_state, str(out_root))
+  return config, method, state, out, expected
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +91,7 @@ def test_export_writes_both_towers_of_a_two_tower_method_and_only_the_text_tower
 @pytest.mark.parametrize("run", RUNS)
 def test_text_artifact_matches_training_text_embeddings_for_two_batch_sizes(run, request):
   config, _, _, out, expected = request.getfixturevalue(run)
-  tokens = image_text.tokenize(config, SENTENCES)
+  tokens = tokenize(config, SENTENCES)
   exported = jax_export.load(out, "text")
   for n in (3, len(SENTENCES)):
     np.testing.assert_allclose(np.asarray(exported.call(tokens[:n])), expected[:n], rtol=1e-5, atol=1e-5)
@@ -100,7 +107,7 @@ def test_tokenizer_in_the_export_directory_matches_the_training_tokenizer(run, r
   from export import embed
 
   tokens, max_len = embed.text_tokenizer(out, jax_export.read_card(out))
-  np.testing.assert_array_equal(tokens.encode(SENTENCES, max_len), image_text.tokenize(config, SENTENCES))
+  np.testing.assert_array_equal(tokens.encode(SENTENCES, max_len), tokenize(config, SENTENCES))
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -155,7 +162,7 @@ def test_jsonl_pairs_embed_both_towers_in_one_pass_without_training_code_or_tens
   np.testing.assert_allclose(embed.load_embeddings(str(tmp_path / "emb"), "text"), expected, rtol=1e-5, atol=1e-5)
   size = config.data.image_size
   decoded = np.stack([images.decode_image((tmp_path / f"{i}.png").read_bytes(), size) for i in range(len(pixels))])
-  training = np.asarray(jax.jit(method.embed_fn)(state.params, state.model_state, {"image": decoded}))
+  training = np.asarray(jax.jit(method.predict_fns["embed_image"])(state.params, state.model_state, {"image": decoded}))
   np.testing.assert_allclose(embed.load_embeddings(str(tmp_path / "emb"), "image"), training, rtol=1e-5, atol=1e-5)
 
 
@@ -167,10 +174,10 @@ def test_text_saved_model_matches_training_text_embeddings_for_two_batch_sizes(r
   config, method, state, _, expected = request.getfixturevalue(run)
   max_len = config.data.max_text_len
   path = saved_model.export_text_encoder_saved_model(
-    method, state.params, state.model_state, max_len=max_len, out_dir=str(tmp_path)
+    method.predict_fns["embed_text"], state.params, state.model_state, max_len=max_len, out_dir=str(tmp_path)
   )
   serve = tf.saved_model.load(path).signatures["serving_default"]
-  tokens = image_text.tokenize(config, SENTENCES)
+  tokens = tokenize(config, SENTENCES)
   for n in (3, len(SENTENCES)):
     got = serve(tokens=tf.constant(tokens[:n]))["embeddings"].numpy()
     np.testing.assert_allclose(got, expected[:n], rtol=1e-5, atol=1e-5)

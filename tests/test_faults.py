@@ -157,7 +157,7 @@ def test_injected_nan_stops_with_a_clear_message_and_the_last_checkpoint_loads(t
   with pytest.raises(trainer.NonFiniteLossError, match=r"Non-finite loss or gradient at step 3 \(loss=nan"):
     trainer.train_and_evaluate(config, str(tmp_path), progress=False)
   assert _finished_steps(tmp_path) == [2]
-  _, _, state = trainer.restore_trained(config, str(tmp_path))
+  _, state = trainer.restore(config, str(tmp_path))
   assert int(state.step) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
@@ -172,7 +172,7 @@ def test_a_half_written_checkpoint_is_never_picked_up(tmp_path, uninterrupted):
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
   assert checkpointer.latest_step() == TOTAL_STEPS
   checkpointer.close()
-  _, _, state = trainer.restore_trained(fault_config(), str(tmp_path))
+  _, state = trainer.restore(fault_config(), str(tmp_path))
   assert int(state.step) == TOTAL_STEPS
 
 

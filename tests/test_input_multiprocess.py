@@ -29,9 +29,10 @@ def _worker(process_id: int, port: int, out_path: str) -> None:
 
   jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id)
   import input_pipeline
+  from configs import default
 
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  config = input_pipeline.default_data_config()
+  config = default.data()
   config.train_size = NUM_EXAMPLES
   it = input_pipeline.build(
     config,

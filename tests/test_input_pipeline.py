@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import input_pipeline
+from configs import default
 from input_pipeline import shapes
 
 
 def small_config(**overrides):
-  config = input_pipeline.default_data_config()
-  config.train_size, config.test_size = 96, 40
+  config = default.data()
+  config.train_size, config.test_size, config.tokenizer = 96, 40, "bytes"
   config.update(overrides)
   return config
 
@@ -140,7 +141,7 @@ def test_prefetch_threads_still_running_are_stopped_at_exit(sharding):
 
 
 def test_caption_word_dropout_shortens_training_captions_only():
-  config = input_pipeline.default_data_config()
+  config = default.data()
   config.update(dict(tokenizer="", caption_word_dropout=0.5))
   captions = np.asarray(["a small red circle on a blue background"] * 64, object)
   ids = np.stack([np.zeros(64, int), np.arange(64)], axis=1)

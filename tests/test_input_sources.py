@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import input_pipeline
+from configs import default
 from input_pipeline import shapes
 from conftest import SHARED_DATA
 
@@ -23,8 +24,8 @@ def sharding():
 
 
 def config(name, path="", **overrides):
-  c = input_pipeline.default_data_config()
-  c.update(dict(dict(name=name, path=str(path), image_size=SIZE), **overrides))
+  c = default.data()
+  c.update(dict(dict(name=name, path=str(path), image_size=SIZE, tokenizer="bytes"), **overrides))
   return c
 
 
@@ -201,7 +202,7 @@ def test_precomputed_embeddings(tmp_path, sharding):
 
 
 def test_host_views_with_tf_ops(sharding):
-  c = input_pipeline.default_data_config()
+  c = default.data()
   c.update(dict(train_size=32, host_views=2, tokenizer=""))
   batch, _ = first_batch(c, sharding)
   assert batch["views"].shape == (8, 2, 32, 32, 3) and batch["views"].dtype == np.uint8

@@ -145,28 +145,44 @@ def _mesh():
   return jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_loss_on_8_devices_equals_single_device(name):
-  loss, args, specs, wrt = CASES[name]
+def _as_f64(args):
+  """Floating arrays in float64 (call under jax.enable_x64): the losses then run in float64."""
+  return tuple(jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a for a in args)
+
+
+def _value_and_grads_agree(loss, args, specs, wrt):
+  """8 devices vs 1, in float64: the two differ only in the order of reductions (~1e-15 relative), so a tight
+  tolerance holds on any CPU kind; in float32 it would depend on the summation order the CPU's kernels pick."""
   single = functools.partial(loss, axis_name=None)
   sharded = jax.shard_map(functools.partial(loss, axis_name="data"), mesh=_mesh(), in_specs=specs, out_specs=P())
   want, want_g = jax.jit(jax.value_and_grad(single, argnums=wrt))(*args)
   got, got_g = jax.jit(jax.value_and_grad(sharded, argnums=wrt))(*args)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert want.dtype == jnp.float64
+  np.testing.assert_allclose(got, want, rtol=1e-10)
   for i, g, w in zip(wrt, got_g, want_g):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(w))), err_msg=f"grad of arg {i}")
+    np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(w))), err_msg=f"grad of arg {i}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_loss_on_8_devices_equals_single_device(name):
+  loss, args, specs, wrt = CASES[name]
+  with jax.enable_x64(True):
+    _value_and_grads_agree(loss, _as_f64(args), specs, wrt)
 
 
 def test_isogclr_state_update_on_8_devices_equals_single_device():
   loss, args, specs, _ = CASES["isogclr"]
-  state = {k: jnp.abs(_normal(i, N)) for i, k in enumerate(["s_x", "s_y", "b_x", "b_y"])}
   fn = lambda x, y, tx, ty, st, axis_name=None: losses.isogclr(x, y, tx, ty, st, axis_name=axis_name)[1]
-  want = fn(*args, state)
-  got = jax.jit(
-    jax.shard_map(functools.partial(fn, axis_name="data"), mesh=_mesh(), in_specs=(*specs, B), out_specs=B)
-  )(*args, state)
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+  with jax.enable_x64(True):  # float64: see _value_and_grads_agree
+    args = _as_f64(args)
+    state = {k: jnp.abs(jnp.asarray(_normal(i, N), jnp.float64)) for i, k in enumerate(["s_x", "s_y", "b_x", "b_y"])}
+    want = fn(*args, state)
+    got = jax.jit(
+      jax.shard_map(functools.partial(fn, axis_name="data"), mesh=_mesh(), in_specs=(*specs, B), out_specs=B)
+    )(*args, state)
+    for k in want:
+      assert want[k].dtype == jnp.float64
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-10, err_msg=k)
 
 
 def _f64(seed, *shape):
@@ -224,16 +240,6 @@ X64_CASES = {
 
 @pytest.mark.parametrize("name", sorted(X64_CASES))
 def test_new_loss_on_8_devices_equals_single_device_in_float64(name):
-  # In float64 the only difference between the two is the order of reductions (~1e-15 relative), so a tight
-  # tolerance holds on any machine; float32 would need one derived from the magnitudes.
   loss, make_args, specs, wrt = X64_CASES[name]
   with jax.enable_x64(True):
-    args = tuple(jnp.asarray(a) for a in make_args())
-    single = functools.partial(loss, axis_name=None)
-    sharded = jax.shard_map(functools.partial(loss, axis_name="data"), mesh=_mesh(), in_specs=specs, out_specs=P())
-    want, want_g = jax.jit(jax.value_and_grad(single, argnums=wrt))(*args)
-    got, got_g = jax.jit(jax.value_and_grad(sharded, argnums=wrt))(*args)
-    assert want.dtype == jnp.float64
-    np.testing.assert_allclose(got, want, rtol=1e-10)
-    for i, g, w in zip(wrt, got_g, want_g):
-      np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(w))), err_msg=f"grad of arg {i}")
+    _value_and_grads_agree(loss, tuple(jnp.asarray(a) for a in make_args()), specs, wrt)

@@ -11,12 +11,13 @@ from methods import pretrained
 from models.convert import bert_kwargs, load_bert
 from tests.test_bert import CONFIG, TOKENS, hf_checkpoint, write_checkpoint
 from parallel import mesh as mesh_lib
-from train import optim, trainer
+from train import optim
+from train import step as step_lib
 
 
 def simcse_config(path):
   c = simcse_shapes.get_config("tiny")
-  c.model = ml_collections.ConfigDict(dict(name="bert", **bert_kwargs(CONFIG)))
+  c.model = ml_collections.ConfigDict(dict(name="bert", dtype="float32", remat=False, **bert_kwargs(CONFIG)))
   c.head.update(dict(hidden_dim=8, out_dim=8))
   c.pretrained.path = str(path)
   return c
@@ -42,7 +43,9 @@ def test_simcse_embeddings_from_the_checkpoint_equal_the_loaded_bert(tmp_path):
   method, params, model_state = simcse_from_checkpoint(tmp_path)
   model, bert_params = load_bert(tmp_path)
   expected = model.apply({"params": bert_params}, TOKENS, train=False)
-  np.testing.assert_allclose(method.embed_fn(params, model_state, {"text": TOKENS}), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    method.predict_fns["embed_text"](params, model_state, {"text": TOKENS}), expected, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
@@ -83,15 +86,15 @@ def test_lit_text_tower_starts_from_the_checkpoint_and_is_locked_or_tuned(tmp_pa
   config = lit_text_config(tmp_path, lock_text)
   mesh = mesh_lib.build_mesh(config.mesh)
   method = methods.get("lit")(config, mesh)
-  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
+  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps, config.batch_size)
   batch = jax.device_put(lit_batch(), mesh_lib.batch_sharding(mesh))
-  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
+  state, shardings = step_lib.create_train_state(config, method, tx, mesh, batch)
   _, expected = load_bert(tmp_path)
   tower = lambda s: s.model_state["locked"]["text_tower"] if lock_text else s.params["text_tower"]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(tower(state)), expected)
   assert ("text_tower" in state.params) != lock_text
   before = jax.device_get(state)
-  step = trainer.make_train_step(method, tx, shardings, lr)
+  step = step_lib.make_train_step(method, tx, shardings, lr)
   for _ in range(2):  # the first step's learning rate is 0 (warm-up)
     state, metrics = step(state, batch)
   after = jax.device_get(state)

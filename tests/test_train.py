@@ -9,12 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-import input_pipeline
-import methods
-from configs import simclr_shapes
 import checkpointing as ckpt_lib
-from parallel import mesh as mesh_lib
-from train import optim
+from configs import simclr_shapes
+from train import setup
+from train import step as step_lib
 from train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,20 +26,10 @@ def tiny_config(**overrides):
 
 
 def one_step(config, devices):
-  mesh = mesh_lib.build_mesh(config.mesh, devices)
-  data = input_pipeline.build(
-    config.data,
-    split="train",
-    global_batch_size=config.batch_size,
-    sharding=mesh_lib.batch_sharding(mesh),
-    seed=config.seed,
-  )
-  batch = next(data)
-  method = methods.get(config.method)(config, mesh)
-  tx, lr = optim.make_optimizer(config.optimizer, config.total_steps)
-  state, shardings = trainer.create_train_state(config, method, tx, mesh, batch)
-  step = trainer.make_train_step(method, tx, shardings, lr)
-  state, metrics = step(state, batch)
+  run = setup.build(config, devices=devices)
+  step = step_lib.make_train_step(run.method, run.tx, run.shardings, run.learning_rate)
+  state, metrics = step(run.state, run.first_batch)
+  run.data.close()
   return jax.device_get(state), jax.device_get(metrics)
 
 
@@ -50,11 +38,13 @@ def test_train_step_on_8_devices_equals_1_device():
   assert len(jax.devices()) == 8
   state8, m8 = one_step(config, jax.devices())
   state1, m1 = one_step(config, jax.devices()[:1])
-  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), state8.params, state1.params)
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), state8.model_state, state1.model_state
-  )
+  # float32 (the model casts to it): the two differ in the order of sums over at most 2 x 32 rows (BatchNorm, loss),
+  # whose rounding is bounded by n * eps = 64 * 1.2e-7 relative to the magnitudes summed; twice that.
+  tol = 2 * 64 * np.finfo(np.float32).eps
+  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=tol)
+  for a, b in ((state8.params, state1.params), (state8.model_state, state1.model_state)):
+    scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(b))
+    jax.tree.map(lambda x, y, s=scale: np.testing.assert_allclose(x, y, rtol=tol, atol=tol * s), a, b)
 
 
 def _final_params(workdir):
@@ -78,10 +68,10 @@ def test_resume_after_stop_reaches_same_params_as_uninterrupted(tmp_path, tiny_s
 
 def test_train_writes_metrics_checkpoint_results_and_plots(tiny_simclr_run):
   _, workdir, results = tiny_simclr_run
-  assert 0.0 <= results["knn_accuracy"] <= 1.0 and 0.0 <= results["linear_probe_accuracy"] <= 1.0
+  assert 0.0 <= results["knn/knn_top1"] <= 1.0 and 0.0 <= results["linear_probe/linear_probe_top1"] <= 1.0
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert any("train/loss" in l for l in lines) and any("eval/knn_accuracy" in l for l in lines)
-  assert json.load(open(os.path.join(workdir, "results.json")))["knn_accuracy"] == results["knn_accuracy"]
+  assert any("train/loss" in l for l in lines) and any("eval/knn/knn_top1" in l for l in lines)
+  assert json.load(open(os.path.join(workdir, "results.json")))["knn/knn_top1"] == results["knn/knn_top1"]
   assert os.listdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "tb"))
   assert {"loss.png", "eval.png", "embeddings_2d.png", "similarities.png"} <= set(
     os.listdir(os.path.join(workdir, "plots"))
@@ -117,10 +107,12 @@ def _main(*args, env_extra=None):
   )
 
 
-def test_unknown_config_key_is_a_clear_error(tmp_path):
-  r = _main("--config=configs/simclr_shapes.py:tiny", f"--workdir={tmp_path}", "--config.no_such_key=3")
-  assert r.returncode != 0
-  assert "no_such_key" in r.stderr and "Traceback" not in r.stderr
+def test_misspelled_config_key_is_one_line_naming_the_nearest_key(tmp_path):
+  r = _main("--config=configs/simclr_shapes.py:tiny", f"--workdir={tmp_path}", "--config.optimizer.base_rl=3")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+    "error: Unknown config key --config.optimizer.base_rl. Did you mean optimizer.base_lr?"
+  ]
 
 
 def test_wrong_config_type_is_a_clear_error(tmp_path):
@@ -140,3 +132,48 @@ def test_core_imports_without_tensorflow():
   r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert r.stdout.strip().endswith("ok")
+
+
+SHARED_CIFAR = os.path.join(REPO, "..", "shared", "data", "cifar10.npz")
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_CIFAR), reason="../shared/data/cifar10.npz not present")
+def test_clip_reports_zero_shot_on_cifar10_from_a_named_eval_added_on_the_command_line(tmp_path):
+  r = _main(
+    "--config=configs/clip_shapes.py:tiny",
+    f"--workdir={tmp_path}",
+    "--config.total_steps=2",
+    "--config.export.enabled=False",
+    "--config.evals.cifar10.type=zero_shot",
+    "--config.evals.cifar10.data.name=cifar10_npz",
+    "--config.evals.cifar10.examples=64",
+  )
+  assert r.returncode == 0, r.stderr
+  results = json.load(open(tmp_path / "results.json"))
+  assert 0.0 <= results["cifar10/zero_shot_top1"] <= 1.0 and results["cifar10/chance"] == 0.1
+  assert "zero_shot/zero_shot_top1" in results  # the recipe's own evaluation on its own data
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_CIFAR), reason="../shared/data/cifar10.npz not present")
+def test_eval_mode_reads_the_saved_config_and_evaluates_simclr_on_other_data(tiny_simclr_run):
+  from configs import overrides, saved
+
+  _, workdir, _ = tiny_simclr_run
+  config = overrides.apply(
+    saved.load(workdir),
+    [
+      ("evals.cifar_knn.type", "knn"),
+      ("evals.cifar_knn.data.name", "cifar10_npz"),
+      ("evals.cifar_knn.train_examples", "256"),
+      ("evals.cifar_knn.examples", "128"),
+      ("evals.cifar_probe.type", "linear_probe"),
+      ("evals.cifar_probe.data.name", "cifar10_npz"),
+      ("evals.cifar_probe.train_examples", "256"),
+      ("evals.cifar_probe.examples", "128"),
+      ("evals.cifar_probe.epochs", "5"),
+    ],
+  )
+  results = trainer.evaluate_checkpoint(config, workdir)
+  assert results["step"] == config.total_steps
+  for key in ("cifar_knn/knn_top1", "cifar_probe/linear_probe_top1", "knn/knn_top1", "linear_probe/linear_probe_top1"):
+    assert 0.0 <= results[key] <= 1.0, (key, results)
