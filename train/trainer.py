@@ -309,7 +309,7 @@ def restore_trained(config, workdir: str, *, devices=None, best: bool = False):
   data.close()
   shapes, shardings = abstract_train_state(config, method, tx, mesh, sample)
   checkpointer = _checkpointer(config, os.path.abspath(workdir), async_save=False)
-  state, _ = checkpointer.restore(ckpt_lib.abstract_with_shardings(shapes, shardings), best=best)
+  state, _, _ = checkpointer.restore_latest(ckpt_lib.abstract_with_shardings(shapes, shardings), best=best)
   checkpointer.close()
   return mesh, method, evaluation_state(config, state)
 
@@ -382,7 +382,7 @@ def train_and_evaluate(
   checkpointer = _checkpointer(config, workdir)
   pending = [first_batch]
   if checkpointer.latest_step() is not None:
-    state, data_state = checkpointer.restore(ckpt_lib.abstract_with_shardings(state, shardings))
+    state, data_state, _ = checkpointer.restore_latest(ckpt_lib.abstract_with_shardings(state, shardings))
     data.set_state(data_state)
     pending = []
     logging.info("Resumed from step %d", int(state.step))
