@@ -301,14 +301,14 @@ def gather_process_states(state: dict) -> list[dict]:
 
 
 def load_tower(workdir: str, key: str) -> tuple[dict, dict]:
-  """(params, batch_stats) subtrees named `key` (e.g. "backbone") of the latest checkpoint of the run in `workdir`;
-  batch_stats is {} when the tower has none. FileNotFoundError without a checkpoint, ValueError without the subtree."""
+  """(params, batch_stats) subtrees named `key` (e.g. "backbone") of the newest readable checkpoint of the run in
+  `workdir`; batch_stats is {} when the tower has none. FileNotFoundError without a checkpoint, CheckpointError when
+  none reads, ValueError without the subtree."""
   checkpointer = Checkpointer(workdir, async_save=False)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
+    if checkpointer.latest_step() is None:
       raise FileNotFoundError(f"No checkpoint in {workdir!r} to load the tower {key!r} from.")
-    state = checkpointer.manager.restore(step)["state"]
+    state, _, _ = checkpointer.restore_latest(None)  # no target: the arrays as saved
   finally:
     checkpointer.close()
   if key not in state["params"]:
