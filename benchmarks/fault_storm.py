@@ -2,13 +2,13 @@
 that was never interrupted (every parameter, optimizer and data-position leaf of the final checkpoint, and every
 logged loss, replayed steps included, which pins the data order).
 
-python benchmarks/fault_storm.py --signal=KILL --kills=20 --steps=300 --seed=0
-python benchmarks/fault_storm.py --signal=TERM --kills=20 --steps=1000 --seed=1   # SIGTERM loses no steps: more needed
+python benchmarks/fault_storm.py --signal=KILL --kills=20 --steps=1000 --seed=0
+python benchmarks/fault_storm.py --signal=TERM --kills=20 --steps=1000 --seed=1
 
 Each run is `main.py --config=configs/simclr_shapes.py:tiny` with --steps, a checkpoint every --checkpoint_every
 steps and the loss logged every step, in subprocesses sharing a persistent compilation cache (restarts skip XLA
 compilation). Kill instants are uniform in [0, --max_delay_s] seconds after the process starts (imports, restore,
-compilation, training, saving and evaluation are all hit); a run that ends before its instant is not a kill. Prints
+compilation, training, saving and evaluation are all hit); a run that ends before its instant ends the storm. Prints
 one JSON line: kills, kills_while_training, restarts, steps_lost_total (steps executed more than once), identical,
 wall_s (of the storm, after the uninterrupted reference run).
 """
@@ -60,6 +60,43 @@ def _wait_for_checkpoint(
   return True
 
 
+def _run(
+  workdir: str,
+  overrides: dict,
+  env: dict,
+  sig: int | None,
+  delay_s: float,
+  *,
+  after_checkpoint: bool,
+  until_final_checkpoint: bool,
+  timeout_s: float,
+) -> dict:
+  """One run of main_command; `sig` is sent `delay_s` after its start (or after its first new checkpoint) unless it
+  ended before; `until_final_checkpoint` SIGKILLs it (not a kill of the storm) once the last step's checkpoint exists."""
+  start = finished_steps(workdir)[-1] if finished_steps(workdir) else 0
+  killed = False
+  with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:  # pipes could fill up
+    proc = subprocess.Popen(
+      main_command(workdir, overrides), cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True
+    )
+    if sig is not None:
+      progressed = lambda steps: not after_checkpoint or (steps and steps[-1] > start)
+      if _wait_for_checkpoint(workdir, proc, progressed, timeout_s):
+        deadline = time.time() + delay_s
+        while time.time() < deadline and proc.poll() is None:
+          time.sleep(0.01)
+        if proc.poll() is None:
+          proc.send_signal(sig)
+          killed = True
+    elif until_final_checkpoint:
+      if _wait_for_checkpoint(workdir, proc, lambda steps: overrides["total_steps"] in steps, timeout_s):
+        proc.kill()
+    proc.wait(timeout=timeout_s)
+    stdout.seek(0)
+    stderr.seek(0)
+    return dict(signal=sig, killed=killed, returncode=proc.returncode, stdout=stdout.read(), stderr=stderr.read())
+
+
 def storm(
   workdir: str,
   overrides: dict,
@@ -72,38 +109,23 @@ def storm(
   until_final_checkpoint: bool = False,
   timeout_s: float = 600.0,
 ) -> dict:
-  """Runs main_command in `workdir` once per entry of `signals`, sending that signal at a random instant, then once
-  more to the end. Returns {"kills", "restarts", "runs": [{"signal", "returncode", "stdout", "stderr"}]}.
+  """Runs main_command in `workdir`, sending the next of `signals` to each run at a random instant and restarting it,
+  then once more to the end. Returns {"kills", "restarts", "runs": [{"signal", "killed", "returncode", "stdout",
+  "stderr"}]}; a run that ends by itself before its instant (finished, or failed) ends the storm early.
 
   The instant is uniform in [0, max_delay_s] seconds after the process starts, or (`after_checkpoint`) after its
   first new checkpoint, so that every run makes progress. `until_final_checkpoint` ends the last run as soon as
   the checkpoint of config.total_steps exists (skipping its evaluation) instead of waiting for it to exit.
   """
-  rng = random.Random(seed)
-  runs, kills = [], 0
+  rng, runs = random.Random(seed), []
   for sig in [*signals, None]:
-    start = finished_steps(workdir)[-1] if finished_steps(workdir) else 0
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:  # pipes could fill up
-      proc = subprocess.Popen(
-        main_command(workdir, overrides), cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True
-      )
-      if sig is None and until_final_checkpoint:
-        if _wait_for_checkpoint(workdir, proc, lambda steps: overrides["total_steps"] in steps, timeout_s):
-          proc.kill()
-      elif sig is not None:
-        progressed = lambda steps, start=start: not after_checkpoint or (steps and steps[-1] > start)
-        if _wait_for_checkpoint(workdir, proc, progressed, timeout_s):
-          deadline = time.time() + rng.uniform(0.0, max_delay_s)
-          while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-          if proc.poll() is None:
-            proc.send_signal(sig)
-            kills += 1
-      proc.wait(timeout=timeout_s)
-      stdout.seek(0)
-      stderr.seek(0)
-      runs.append(dict(signal=sig, returncode=proc.returncode, stdout=stdout.read(), stderr=stderr.read()))
-  return dict(kills=kills, restarts=len(runs) - 1, runs=runs)
+    options = dict(
+      after_checkpoint=after_checkpoint, until_final_checkpoint=until_final_checkpoint, timeout_s=timeout_s
+    )
+    runs.append(_run(workdir, overrides, env, sig, rng.uniform(0.0, max_delay_s), **options))
+    if not runs[-1]["killed"]:
+      break
+  return dict(kills=sum(r["killed"] for r in runs), restarts=len(runs) - 1, runs=runs)
 
 
 def _records(workdir: str) -> list[dict]:
@@ -174,7 +196,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
   parser.add_argument("--kills", type=int, default=20)
-  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--checkpoint_every", type=int, default=5)
   parser.add_argument("--max_delay_s", type=float, default=12.0)
   parser.add_argument("--seed", type=int, default=0)
