@@ -112,7 +112,7 @@ def tiny(c: ml_collections.ConfigDict, *, adamw: bool = False) -> None:
   c.batch_size = 16
   c.total_steps = 20
   if adamw:
-    c.optimizer.update(dict(name="adamw", schedule="cosine", scale_by_batch=False, b1=0.9, b2=0.999))
+    c.optimizer.update(dict(name="adamw", schedule="cosine", scale_by_batch=False, b1=0.9, b2=None))
   c.optimizer.update(dict(base_lr=3e-3, warmup_steps=1, weight_decay=0.0))
   c.log_every = 1
   c.checkpoint_every = 10

@@ -103,7 +103,7 @@ def optimizer() -> CD:
       momentum=0.9,  # sgd, lars
       nesterov=False,  # sgd
       b1=0.9,  # adamw, lion
-      b2=0.999,  # adamw (lion: 0.99 in its paper)
+      b2=None,  # adamw, lion; None = the paper's (adamw 0.999, lion 0.99)
       warmup_steps=0,
       schedule="cosine",  # cosine, linear, constant (after the linear warm-up)
       end_lr_ratio=0.0,  # final lr / peak for cosine and linear

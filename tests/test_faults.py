@@ -1,16 +1,12 @@
-"""Faults: a run killed with SIGKILL after a checkpoint resumes to the uninterrupted result; SIGTERM checkpoints and
-exits 0; an injected NaN stops with a clear message and the last checkpoint loads; half-written checkpoints are
-ignored."""
+"""Faults: a run stopped by SIGTERM (checkpoint, exit 0) and then killed by SIGKILL, restarted each time, ends
+bit-identical to the uninterrupted run (a small benchmarks/fault_storm.py); an injected NaN stops with a clear message
+and the last checkpoint loads; half-written checkpoints are ignored."""
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +14,7 @@ import numpy as np
 import pytest
 
 import methods
+from benchmarks import fault_storm
 from test_scale import vit_config
 import checkpointing as ckpt_lib
 from train import trainer
@@ -48,84 +45,27 @@ def _finished_steps(workdir) -> list[int]:
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
 
 
-def _wait_for_checkpoint(workdir, proc, timeout: float = 120.0) -> None:
-  deadline = time.time() + timeout
-  while not _finished_steps(workdir):
-    if proc.poll() is not None:
-      raise AssertionError(
-        f"the run ended (rc={proc.returncode}) before its first checkpoint:\n{proc.communicate()[0][-3000:]}"
-      )
-    if time.time() > deadline:
-      proc.kill()
-      raise AssertionError("no checkpoint within the timeout")
-    time.sleep(0.05)
-
-
-def _saved_state(workdir, step: int):
-  checkpointer = ckpt_lib.Checkpointer(str(workdir), async_save=False)
-  state = checkpointer.manager.restore(step)["state"]
-  checkpointer.close()
-  return state
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  assert trainer.train_and_evaluate(fault_config(), str(workdir), progress=False, stop_at=TOTAL_STEPS) == {
-    "stopped_at_step": TOTAL_STEPS
-  }
-  return workdir
-
-
-def test_sigkill_after_a_checkpoint_then_restart_reaches_the_uninterrupted_state(tmp_path, uninterrupted, caplog):
-  proc = subprocess.Popen(
-    [sys.executable, __file__, str(tmp_path), "0.5"],
-    cwd=REPO,
+def test_a_sigterm_then_a_sigkill_with_restarts_end_bit_identical_to_the_uninterrupted_run(tiny_simclr_run, tmp_path):
+  config, reference, _ = tiny_simclr_run
+  overrides = dict(total_steps=config.total_steps, checkpoint_every=1, log_every=1)
+  # Each signal 0-0.05 s after the run's first new checkpoint (a step takes ~0.1 s): mid-step or mid-save, early
+  # enough that the SIGTERM leaves steps for the run killed next.
+  result = fault_storm.storm(
+    str(tmp_path),
+    overrides,
+    [signal.SIGTERM, signal.SIGKILL],
+    seed=0,
+    max_delay_s=0.05,
     env=_env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
+    after_checkpoint=True,
+    until_final_checkpoint=True,
+    timeout_s=120,
   )
-  _wait_for_checkpoint(tmp_path, proc)
-  proc.kill()  # SIGKILL: no handler runs, an async save may be half-written
-  proc.communicate(timeout=30)
-  assert proc.returncode == -signal.SIGKILL
-  killed_at = _finished_steps(tmp_path)
-  assert killed_at and killed_at[-1] < TOTAL_STEPS
-
-  with caplog.at_level(logging.INFO):
-    assert trainer.train_and_evaluate(fault_config(), str(tmp_path), progress=False, stop_at=TOTAL_STEPS) == {
-      "stopped_at_step": TOTAL_STEPS
-    }
-  assert f"Resumed from step {killed_at[-1]}" in caplog.text
-  expected, resumed = _saved_state(uninterrupted, TOTAL_STEPS), _saved_state(tmp_path, TOTAL_STEPS)
-  assert jax.tree.structure(expected) == jax.tree.structure(resumed)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), expected, resumed)
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
-  proc = subprocess.Popen(
-    [
-      sys.executable,
-      "main.py",
-      "--config=configs/simclr_shapes.py:tiny",
-      f"--workdir={tmp_path}",
-      "--config.total_steps=100000",
-      "--config.checkpoint_every=5",
-      "--config.log_every=5",
-    ],
-    cwd=REPO,
-    env=_env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  _wait_for_checkpoint(tmp_path, proc)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
-  stopped = json.loads(out)["stopped_at_step"]
-  assert "Stop requested" in err and _finished_steps(tmp_path)[-1] == stopped
+  terminated, killed, _ = result["runs"]
+  assert terminated["returncode"] == 0, terminated["stderr"][-3000:]  # SIGTERM: checkpoint, then exit 0
+  assert "Stop requested" in terminated["stderr"] and json.loads(terminated["stdout"])["stopped_at_step"] > 0
+  assert killed["returncode"] == -signal.SIGKILL and result["kills"] == 2
+  assert fault_storm.differences(reference, str(tmp_path), config.total_steps) == []
 
 
 def _nan_at_call(build, call: int):
@@ -162,33 +102,16 @@ def test_injected_nan_stops_with_a_clear_message_and_the_last_checkpoint_loads(t
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
-def test_a_half_written_checkpoint_is_never_picked_up(tmp_path, uninterrupted):
-  shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
+def test_a_half_written_checkpoint_is_never_picked_up(tmp_path, tiny_simclr_run):
+  config, workdir, _ = tiny_simclr_run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
   checkpoints = tmp_path / "checkpoints"
   # What a save killed midway leaves: orbax's temporary directory, renamed to "<step>" only once complete.
-  partial = checkpoints / f"{TOTAL_STEPS + 2}.orbax-checkpoint-tmp"
-  shutil.copytree(checkpoints / str(TOTAL_STEPS), partial)
+  partial = checkpoints / f"{config.total_steps + 2}.orbax-checkpoint-tmp"
+  shutil.copytree(checkpoints / str(config.total_steps), partial)
   shutil.rmtree(partial / "state")
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
-  assert checkpointer.latest_step() == TOTAL_STEPS
+  assert checkpointer.latest_step() == config.total_steps
   checkpointer.close()
-  _, state = trainer.restore(fault_config(), str(tmp_path))
-  assert int(state.step) == TOTAL_STEPS
-
-
-def _worker(workdir: str, step_delay_s: float) -> None:
-  """A training run of fault_config() in which each batch takes `step_delay_s` more, so a test can kill it mid-run."""
-  from input_pipeline.iterator import BatchIterator
-
-  next_batch = BatchIterator.__next__
-
-  def slow_next(self):
-    time.sleep(step_delay_s)
-    return next_batch(self)
-
-  BatchIterator.__next__ = slow_next
-  trainer.train_and_evaluate(fault_config(), workdir, progress=False, stop_at=TOTAL_STEPS)
-
-
-if __name__ == "__main__":
-  _worker(sys.argv[1], float(sys.argv[2]))
+  _, state = trainer.restore(config, str(tmp_path))
+  assert int(state.step) == config.total_steps

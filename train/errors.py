@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from checkpointing import CheckpointError
+
 
 class NonFiniteLossError(RuntimeError):
   """A step produced a NaN/Inf loss or gradient and `config.nonfinite == "stop"`."""
 
 
 # Bad input (config, data, paths) and deliberate stops; anything else is a bug and keeps its traceback.
-CLEAR_STOPS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError)
+CLEAR_STOPS: tuple[type[BaseException], ...] = (
+  ValueError,
+  FileNotFoundError,
+  NotADirectoryError,
+  NonFiniteLossError,
+  CheckpointError,
+)
 
 
 def is_clear_stop(error: BaseException) -> bool:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 import jax
+import jax.numpy as jnp
 import optax
 
-# Parameters that are not weight matrices: no weight decay and no LARS trust ratio (SimCLR, big_vision conventions).
-NO_DECAY_PATTERN = r"(bias|scale|embedding_norm|logit_scale|logit_bias|temperature|pos_embedding|cls)"
+# Parameters that are not weight matrices get no weight decay and no LARS trust ratio (SimCLR, big_vision and timm
+# conventions): every leaf of rank <= 1 (norm scales and offsets, temperatures, logit scales and biases, learnt
+# per-feature scales) and, whatever their rank, biases (attention biases are [heads, head_dim]), positional
+# embeddings and class tokens, named as
+# models/ name them (tests/test_optim.py checks every registered model).
+NO_DECAY_NAMES = ("bias", "pos_embed", "cls_token")
 
 
 def learning_rate_schedule(config, total_steps: int, batch_size: int) -> optax.Schedule:
@@ -30,14 +33,13 @@ def learning_rate_schedule(config, total_steps: int, batch_size: int) -> optax.S
 
 
 def decay_mask(params):
-  """True for the leaves weight decay applies to: kernels, not biases/norm scales/temperatures."""
-  pattern = re.compile(NO_DECAY_PATTERN)
+  """True for the leaves weight decay (and LARS's trust ratio) applies to: weight matrices, kernels, embeddings."""
 
-  def keep(path, _):
-    name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-    return not pattern.search(name)
+  def is_weight(path, leaf) -> bool:
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1]))) if path else ""
+    return jnp.ndim(leaf) > 1 and name not in NO_DECAY_NAMES
 
-  return jax.tree_util.tree_map_with_path(keep, params)
+  return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
 def make_optimizer(config, total_steps: int, batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -59,9 +61,9 @@ def make_optimizer(config, total_steps: int, batch_size: int) -> tuple[optax.Gra
       momentum=config.momentum,
     )
   elif name == "adamw":
-    tx = optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=wd, mask=decay_mask)
+    tx = optax.adamw(lr, b1=config.b1, b2=0.999 if config.b2 is None else config.b2, weight_decay=wd, mask=decay_mask)
   elif name == "lion":
-    tx = optax.lion(lr, b1=config.b1, b2=config.b2, weight_decay=wd, mask=decay_mask)
+    tx = optax.lion(lr, b1=config.b1, b2=0.99 if config.b2 is None else config.b2, weight_decay=wd, mask=decay_mask)
   else:
     raise ValueError(f"Unknown optimizer {name!r}; choose one of ['adamw', 'lars', 'lion', 'sgd'].")
   clip = config.grad_clip_norm

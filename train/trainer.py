@@ -89,7 +89,7 @@ def train_and_evaluate(
   checkpointer = _checkpointer(config, workdir)
   state, pending = run.state, [run.first_batch]
   if checkpointer.latest_step() is not None:
-    state, data_state = checkpointer.restore(ckpt_lib.abstract_with_shardings(state, run.shardings))
+    state, data_state, _ = checkpointer.restore_latest(ckpt_lib.abstract_with_shardings(state, run.shardings))
     run.data.set_state(data_state)
     pending = []
     logging.info("Resumed from step %d", int(state.step))
@@ -210,7 +210,7 @@ def restore(config, workdir: str, *, devices=None, best: bool = False) -> tuple[
   run.data.close()
   checkpointer = _checkpointer(config, os.path.abspath(workdir), async_save=False)
   try:
-    state, _ = checkpointer.restore(ckpt_lib.abstract_with_shardings(run.state, run.shardings), best=best)
+    state, _, _ = checkpointer.restore_latest(ckpt_lib.abstract_with_shardings(run.state, run.shardings), best=best)
   finally:
     checkpointer.close()
   return run, state
