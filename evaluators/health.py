@@ -10,12 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from evaluators import common
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-  """Rows scaled to unit L2 norm (zero rows stay zero)."""
-  x = jnp.asarray(x, jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from losses import l2_normalize
 
 
 def alignment(z1: jax.Array, z2: jax.Array, alpha: float = 2) -> jax.Array:
