@@ -108,6 +108,9 @@ def optimizer() -> CD:
       schedule="cosine",  # cosine, linear, constant (after the linear warm-up)
       end_lr_ratio=0.0,  # final lr / peak for cosine and linear
       grad_clip_norm=0.0,  # > 0 clips the global gradient norm
+      # Regex (full match) over "/"-joined param names, e.g. "image_tower/.*" or "text_tower/encoder/block[01]/.*":
+      # matching params get zero updates and no optimizer state ("" = none frozen; see also model.lock_*).
+      freeze="",
     )
   )
 
