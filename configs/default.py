@@ -57,7 +57,9 @@ def get_config() -> CD:
   c.export = CD(
     dict(
       enabled=True,  # export at the end of training (and with --mode=export)
-      formats=("jax", "saved_model"),  # jax (jax.export), saved_model (TF, skipped without TF), hf, safetensors
+      # jax (jax.export), saved_model (TF, skipped without TF), hf (export/hf/: a Hugging Face CLIPModel / SiglipModel
+      # directory of a two-tower model), safetensors (export/safetensors/<name>.safetensors per top-level params entry)
+      formats=("jax", "saved_model"),
     )
   )
   c.pretrained = pretrained()
