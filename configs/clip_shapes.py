@@ -5,9 +5,12 @@
     python main.py --config=configs/clip_shapes.py:tiny --workdir=/tmp/w                   # seconds, for tests
     python main.py --config=configs/clip_shapes.py:jsonl --config.data.path=pairs/{split}.jsonl --workdir=...
     --config.loss.mode=ring --config.loss.chunk_size=64     # chunked / ring logits (same loss and gradients)
+    python main.py --config=configs/clip_shapes.py:pretrained --config.pretrained.path=DIR --workdir=...   # HF CLIPModel
 
 Arguments (comma separated): tiny, vit (image tower; default a ResNet), causal (text tower with causal attention
-and EOT pooling, as CLIP; default bidirectional with mean pooling), jsonl (image-text pairs).
+and EOT pooling, as CLIP; default bidirectional with mean pooling), jsonl (image-text pairs), pretrained (fine-tune a
+Hugging Face CLIPModel directory, --config.pretrained.path: it sets the towers, projections, logit scale
+and the data's image size, mean / std, tokenizer and text length; see methods/pretrained.py).
 """
 
 import ml_collections
@@ -16,7 +19,7 @@ from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, ("tiny", "vit", "causal", "jsonl"))
+  args = common.parse_arg(arg, ("tiny", "vit", "causal", "jsonl", "pretrained"))
   c = common.base("clip", batch_size=128, total_steps=1500)
   common.shapes_data(c, max_text_len=56, hard_negatives=True)
 
@@ -33,8 +36,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "jsonl" in args:
     c.data.update(common.jsonl_pairs(), hard_negatives=False)
     c.batch_size, c.total_steps = 256, 1000
+  if "pretrained" in args:
+    # Tower blocks are placeholders: train.setup fills config.model and config.data from the checkpoint.
+    c.pretrained.kind = "clip_hf"
+    c.model = default.two_tower_model(dict(name="vit"), dict(name="text_transformer"))
+    c.optimizer.update(dict(base_lr=1e-5, warmup_steps=50))  # fine-tuning: a small step from the released weights
+    c.total_steps = 500
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)
+  if "tiny" in args and "pretrained" not in args:
     c.model.image = common.vit(width=16, depth=1, num_heads=2) if "vit" in args else common.resnet((1,), width=8)
     c.model.text.update(common.tiny_text())
     c.model.embed_dim = 16

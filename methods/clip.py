@@ -4,12 +4,17 @@
 - SigLIP (Zhai et al. 2023): config.loss.name = "siglip_loss", learnable temperature and bias (model.logit_bias_init).
 - LiT (Zhai et al. 2022, "locked-image tuning"): config.model.lock_image = True; the image tower is loaded from the
   run in config.model.image_checkpoint (the params subtree config.model.image_checkpoint_key, e.g. "backbone" of a
-  SimCLR run) and kept frozen. Locked towers live in model_state["locked"], not in params, so the optimizer never
-  sees them (no update, no weight decay, no optimizer state) and they are checkpointed with the state; the
-  projections and the unlocked tower are trained.
+  SimCLR run), or is the one of a whole pretrained model (below), and kept frozen. Locked towers live in
+  model_state["locked"], not in params, so the optimizer never sees them (no update, no weight decay, no optimizer
+  state, no gradient computed) and they are checkpointed with the state; the projections and the unlocked tower are
+  trained.
 - A pretrained text tower: config.pretrained = dict(kind="bert", path=<Hugging Face directory or "minilm">,
   subtree="text_tower") with config.model.text.name = "bert" loads its weights at init; config.model.lock_text = True
   also freezes it (run in inference mode, only the text projection trains), else it is fine-tuned.
+- A whole pretrained model: config.pretrained.kind = "clip_hf" / "siglip_hf" with the path of a Hugging Face
+  CLIPModel / SiglipModel directory (methods/pretrained.py fills config.model from its config.json); every param
+  starts from the checkpoint; lock_image / lock_text lock its towers.
+Part of a tower can be frozen instead by a regex on param names, config.optimizer.freeze (train/optim.py).
 config.loss.mode picks how the N x N logits are covered: dense | chunked | ring (same value and gradients).
 """
 
@@ -41,6 +46,8 @@ def two_tower(model_config):
       text_encoder=text.pop("name"),
       text_kwargs=text,
       embed_dim=model_config.embed_dim,
+      image_projection=model_config.image_projection,
+      text_projection=model_config.text_projection,
       logit_scale_init=model_config.logit_scale_init,
       logit_bias_init=model_config.logit_bias_init,
       dtype=model_config.dtype,
@@ -79,13 +86,21 @@ def build(config, mesh: Mesh) -> Method:
   locked_towers = [name for name, lock in (("image_tower", lock_image), ("text_tower", lock_text)) if lock]
   if lock_text and not pretrained.has_pretrained(config):
     raise ValueError("model.lock_text=True freezes a pretrained text tower: set config.pretrained.path.")
+  image_checkpoint = config.model.image_checkpoint
+  if lock_image and not (image_checkpoint or pretrained.gives_whole_model(config)):
+    raise ValueError(
+      "model.lock_image=True freezes a pretrained image tower: set config.model.image_checkpoint (a run) or "
+      "config.pretrained (kind clip_hf / siglip_hf and path)."
+    )
   max_scale = config.model.max_logit_scale
   contrastive, hyper = loss_from_config(config.loss)
   sigmoid = config.loss.name == "siglip_loss"
   if sigmoid and config.model.logit_bias_init is None:
     raise ValueError("siglip_loss needs a learnable bias: set config.model.logit_bias_init (SigLIP uses -10).")
   image_tower = (
-    checkpointing.load_tower(config.model.image_checkpoint, config.model.image_checkpoint_key) if lock_image else None
+    checkpointing.load_tower(image_checkpoint, config.model.image_checkpoint_key)
+    if lock_image and image_checkpoint
+    else None
   )
 
   def init(rng, batch):
@@ -93,7 +108,7 @@ def build(config, mesh: Mesh) -> Method:
       model.init(rng, normalize_images(batch["image"][:2], mean, std), batch["caption"][:2], train=False)
     )
     params = pretrained.load_into(config.pretrained, dict(variables.pop("params")))
-    if lock_image:
+    if image_tower is not None:
       tower_params, tower_stats = image_tower
       _check_same_shapes("image tower params", tower_params, params["image_tower"])
       params["image_tower"] = jax.tree.map(jnp.asarray, tower_params)

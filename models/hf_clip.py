@@ -44,6 +44,8 @@ FUSED = "vision_model.head.attention.in_proj_"
 # null means the text width.
 with open(Path(__file__).with_name("hf_config_templates.json")) as _f:
   TEMPLATES = json.load(_f)
+# config.pretrained.kind of a run that starts from such a checkpoint -> its model_type (methods/pretrained.py).
+PRETRAINED_KINDS = {"clip_hf": "clip", "siglip_hf": "siglip"}
 PREPROCESSING = {
   "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
   "siglip": ((0.5,) * 3, (0.5,) * 3),

@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 import tokenization as tokenizers
 from configs import clip_shapes
-from export import hf
+from export import hf, jax_export
 from models import hf_clip
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -73,6 +73,15 @@ def test_exported_directory_carries_the_tokenizer(exported):
   kind, _, _, out = exported
   ref = np.load(os.path.join(FIXTURES, f"hf_{kind}_reference.npz"))
   tok = tokenizers.get("clip_bpe" if kind == "clip" else "siglip", out)
+  np.testing.assert_array_equal(tok.encode(list(ref["texts"]), ref["input_ids"].shape[1]), ref["input_ids"])
+
+
+def test_the_jax_export_copies_the_hf_tokenizer_and_its_special_tokens(exported, tmp_path):
+  kind = exported[0]
+  entry = jax_export._copy_tokenizer("clip_bpe" if kind == "clip" else "siglip", model_dir(kind), str(tmp_path))
+  assert (entry["bos_id"] is None) == (kind == "siglip")  # SigLIP rows start with the text
+  ref = np.load(os.path.join(FIXTURES, f"hf_{kind}_reference.npz"))
+  tok = tokenizers.get(entry["name"], str(tmp_path / entry["file"]))  # as export.embed reads the model card
   np.testing.assert_array_equal(tok.encode(list(ref["texts"]), ref["input_ids"].shape[1]), ref["input_ids"])
 
 

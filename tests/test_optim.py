@@ -77,12 +77,12 @@ def _lion(p, g, state, wd, t, b1=0.9, b2=0.99):
   return p - LR * update, {"m": b2 * m + (1 - b2) * g}
 
 
-def _reference(rule, params, grads, clip_norm: float = 0.0):
+def _reference(rule, params, grads, clip_norm: float = 0.0, decayed=_DECAYED):
   """STEPS updates of every leaf by `rule` in float64; clip_norm > 0 first scales each step's gradients to at most
-  that global norm (Pascanu et al. 2013)."""
+  that global norm (Pascanu et al. 2013). `decayed`: which leaves of `params` get weight decay."""
   params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
   leaves, treedef = jax.tree.flatten(params)
-  decayed = jax.tree.leaves(_DECAYED)
+  decayed = jax.tree.leaves(decayed)
   states = [{} for _ in leaves]
   for t, step_grads in enumerate(grads, start=1):
     g_leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(step_grads)]
@@ -109,6 +109,34 @@ def test_optimizer_follows_its_papers_update_rule(name, rule, clip_norm):
       ours = jax.tree.map(lambda p, u: p + u, ours, updates)
   expected = _reference(rule, params, grads, clip_norm)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-9), ours, expected)
+
+
+def test_frozen_params_get_no_update_nor_state_and_the_others_train_as_if_alone():
+  params, grads = _problem()
+  frozen = ("pos_embed", "ln")
+  with jax.enable_x64(True):
+    config = _optimizer_config("adamw", grad_clip_norm=1.0, freeze="pos_embed|ln/.*")
+    tx, _ = optim.make_optimizer(config, STEPS, batch_size=256)
+    state, ours = tx.init(params), params
+    for g in grads:
+      updates, state = tx.update(g, state, ours)
+      ours = jax.tree.map(lambda p, u: p + u, ours, updates)
+    config.freeze = ""
+    unfrozen_state = jax.eval_shape(optim.make_optimizer(config, STEPS, batch_size=256)[0].init, params)
+  for name in frozen:
+    jax.tree.map(np.testing.assert_array_equal, ours[name], params[name])
+  # The others follow AdamW with the gradient norm clipped over them alone: as if the frozen leaves did not exist.
+  alone = lambda tree: {k: v for k, v in tree.items() if k not in frozen}
+  expected = _reference(_adamw, alone(params), [alone(g) for g in grads], 1.0, decayed=alone(_DECAYED))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-9), alone(ours), expected)
+  size = lambda tree: sum(np.size(x) for x in jax.tree.leaves(tree))
+  assert size(state) == size(unfrozen_state) - 2 * size([params[name] for name in frozen])  # no Adam moments
+
+
+def test_a_freeze_regex_that_matches_no_param_is_an_error():
+  tx, _ = optim.make_optimizer(_optimizer_config("adamw", freeze="image_tower/.*"), STEPS, batch_size=256)
+  with pytest.raises(ValueError, match="freeze='image_tower/.\\*' matches no parameter"):
+    tx.init(_problem()[0])
 
 
 def _schedule(name: str, *, warmup: int = 10, total: int = 110, end_lr_ratio: float = 0.1, batch_size=256, **extra):

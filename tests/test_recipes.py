@@ -6,6 +6,8 @@ evaluations report their metrics. While it runs, reading a config key that the s
 
 import dataclasses
 import importlib
+import os
+import re
 from typing import Any
 
 import jax
@@ -17,7 +19,11 @@ import checkpointing as ckpt_lib
 import methods
 import models
 from configs import overrides as overrides_lib
+from export import hf
 from input_pipeline import shapes
+from models import hf_clip
+from safetensors.numpy import load_file
+from train import optim
 from train import setup as setup_lib
 from train import step as step_lib
 from train import trainer
@@ -35,10 +41,14 @@ RECIPES = {
   # Supervised triplets (3 views) and ESimCSE's queue + momentum encoder in one run: every SimCSE code path.
   "esimcse_supervised": ("simcse_shapes", "tiny,esimcse,supervised"),
   "simskip": ("simskip_shapes", "tiny,encoder"),  # refines the features of the tiny MoCo encoder
+  # A Hugging Face CLIPModel (tests/fixtures/hf_clip_tiny) with its image tower locked and its first text block frozen.
+  "clip_hf": ("clip_shapes", "tiny,pretrained"),
   "coca": ("coca_shapes", "tiny"),
   "multitask": ("multitask_shapes", "tiny"),
   "align_uniform": ("multitask_shapes", "tiny,align_uniform"),
 }
+HF_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf_clip_tiny")
+HF_FROZEN = "text_tower/(token_embed|encoder/block0)/.*"
 # The levers of the command line, on every recipe.
 LEVERS = [("grad_accum_steps", "2"), ("model.dtype", "bfloat16"), ("model.remat", "True"), ("ema_decay", "0.99")]
 
@@ -108,6 +118,8 @@ def trained(tmp_path_factory):
         extra.append(("model.image_checkpoint", get("moco").workdir))
       if name == "simskip":
         extra.append(("simskip.encoder_checkpoint", get("moco").workdir))
+      if name == "clip_hf":
+        extra += [("pretrained.path", HF_CLIP), ("model.lock_image", "True"), ("optimizer.freeze", HF_FROZEN)]
       if name == "esimcse_supervised":
         extra.append(("data.path", _triplets_tsv(str(tmp_path_factory.mktemp("nli") / "triplets.tsv"))))
       with pytest.MonkeyPatch.context() as patch:
@@ -166,6 +178,53 @@ def test_lit_keeps_the_pretrained_image_tower_frozen_and_out_of_params(trained):
   )
 
 
+def _leaves(tree, prefix: str = "") -> dict:
+  """{"/"-joined path: leaf} of a nested dict."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {prefix + jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x) for path, x in flat}
+
+
+def test_hf_clip_locked_tower_and_frozen_blocks_are_bit_for_bit_the_imported_ones(trained):
+  r = trained("clip_hf")
+  _, imported = hf_clip.load(HF_CLIP)
+  locked = r.state.model_state["locked"]
+  assert "image_tower" not in r.state.params
+  jax.tree.map(np.testing.assert_array_equal, locked["image_tower"], imported["image_tower"])
+  before, after = _leaves(imported), _leaves(r.state.params)
+  frozen = {name for name in after if re.fullmatch(HF_FROZEN, name)}
+  assert frozen and all(np.array_equal(after[name], before[name]) for name in frozen)
+  moved = [name for name in after if name not in frozen and not np.array_equal(after[name], before[name])]
+  assert any(name.startswith("text_tower/encoder/block1/") for name in moved), moved
+  assert {"text_proj/kernel", "image_proj/kernel", "logit_scale"} <= set(moved)
+  # Neither locked nor frozen params have optimizer state (AdamW's two moments per trained param).
+  config = ml_collections.ConfigDict(r.run.config.optimizer.to_dict())
+  config.freeze = ""
+  all_trained = jax.eval_shape(optim.make_optimizer(config, 20, 16)[0].init, r.state.params)
+  size = lambda tree: sum(np.size(x) for x in jax.tree.leaves(tree))
+  assert size(r.state.opt_state) == size(all_trained) - 2 * sum(after[name].size for name in frozen)
+
+
+def test_hf_clip_exports_back_to_its_hugging_face_layout_bit_for_bit(trained):
+  r = trained("clip_hf")
+  config = ml_collections.ConfigDict(r.run.config.to_dict())
+  config.export.formats = ("hf", "safetensors")
+  out = trainer.export(config, r.workdir)
+  kwargs, params = hf_clip.load(os.path.join(out, "hf"))
+  ours = _leaves({**r.state.params, **r.state.model_state["locked"]})
+  back = _leaves(params)
+  assert ours.keys() == back.keys()
+  assert all(back[k].dtype == v.dtype and np.array_equal(back[k], v) for k, v in ours.items())
+  assert hf_clip.read_config(os.path.join(out, "hf")) == hf_clip.read_config(HF_CLIP)
+  reference = load_file(os.path.join(HF_CLIP, "model.safetensors"))
+  exported = load_file(os.path.join(out, "hf", "model.safetensors"))
+  assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in reference.items()}
+  assert sorted(os.listdir(os.path.join(out, "hf"))) == sorted(os.listdir(HF_CLIP))  # tokenizer, image processor
+  for tower in ("image_tower", "text_tower"):
+    flat = _leaves(hf.load_params(os.path.join(out, "safetensors", f"{tower}.safetensors")), f"{tower}/")
+    assert all(np.array_equal(flat[k], ours[k]) for k in ours if k.startswith(tower + "/")), tower
+  assert kwargs["logit_scale_init"] == float(r.state.params["logit_scale"])
+
+
 @pytest.mark.parametrize(
   "name,keys",
   [
@@ -185,8 +244,8 @@ def test_recipe_evaluations_report_their_metrics(trained, name, keys):
 
 
 CONFIG_ARGS = {
-  "clip_shapes": ["", "tiny", "vit", "causal", "jsonl", "tiny,vit,causal"],
-  "siglip_shapes": ["", "tiny", "vit", "causal", "jsonl"],
+  "clip_shapes": ["", "tiny", "vit", "causal", "jsonl", "tiny,vit,causal", "pretrained", "tiny,pretrained"],
+  "siglip_shapes": ["", "tiny", "vit", "causal", "jsonl", "pretrained"],
   "lit_shapes": ["", "tiny", "minilm"],
   "moco_shapes": ["", "tiny", "mochi", "cifar10", "tiny,mochi"],
   "supcon_shapes": ["", "tiny", "cifar10"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,8 +45,34 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
+def path_name(path) -> str:
+  """A leaf's "/"-joined key path, e.g. "image_tower/encoder/block0/attn/query/kernel"."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def freeze_labels(pattern: str) -> Callable:
+  """optax.multi_transform labels: "frozen" for the leaves whose path_name fully matches `pattern`, else "trained";
+  ValueError when it matches no leaf (a misspelt regex would otherwise freeze nothing, silently)."""
+  regex = re.compile(pattern)
+
+  def labels(params):
+    tree = jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if regex.fullmatch(path_name(path)) else "trained", params
+    )
+    if "frozen" not in jax.tree.leaves(tree):
+      names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+      raise ValueError(
+        f"config.optimizer.freeze={pattern!r} matches no parameter (regex, full match of names such as "
+        f"{names[0]!r}, {names[-1]!r})."
+      )
+    return tree
+
+  return labels
+
+
 def make_optimizer(config, total_steps: int, batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Builds the optax chain named by `config.name`: sgd (momentum), lars, adamw or lion, with clipping and wd mask."""
+  """Builds the optax chain named by `config.name`: sgd (momentum), lars, adamw or lion, with clipping and wd mask;
+  the leaves matching the regex `config.freeze` get zero updates and no optimizer state."""
   lr = learning_rate_schedule(config, total_steps, batch_size)
   wd = config.weight_decay
   name = config.name
@@ -69,4 +98,8 @@ def make_optimizer(config, total_steps: int, batch_size: int) -> tuple[optax.Gra
   clip = config.grad_clip_norm
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  if config.freeze:
+    # Outermost, so frozen gradients count neither in clipping nor in the optimizer state: the inner chain sees
+    # (and keeps moments for) the trained leaves only; frozen ones get exact zero updates.
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, freeze_labels(config.freeze))
   return tx, lr

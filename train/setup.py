@@ -15,6 +15,7 @@ import optax
 import evaluators
 import input_pipeline
 import methods
+from methods import pretrained
 from parallel import mesh as mesh_lib
 from train import optim
 from train import step as step_lib
@@ -54,7 +55,11 @@ def evaluation_state(config, state: TrainState) -> TrainState:
 
 
 def build(config, *, devices=None, abstract: bool = False, shuffle: bool = True) -> Run:
-  """Everything a run needs, in dependency order; fails at start-up on a bad batch size, data path or config."""
+  """Everything a run needs, in dependency order; fails at start-up on a bad batch size, data path or config.
+
+  A whole pretrained model (config.pretrained.kind clip_hf / siglip_hf) first sets config.model and the data settings
+  of `config` from its checkpoint, in place (methods/pretrained.py fill_config)."""
+  pretrained.fill_config(config)
   mesh = mesh_lib.build_mesh(config.mesh, devices)
   mesh_lib.check_batch_size(config.batch_size, mesh, config.grad_accum_steps)
   # Data: global batches sharded over the batch axes of the mesh; the first one also gives the input shapes.

@@ -1,8 +1,8 @@
 """The training loop, top to bottom: setup, resume, compiled step, loop (log, checkpoint, evaluate), final evaluation.
 
 results = trainer.train_and_evaluate(config, workdir)   # resumes from the workdir's newest readable checkpoint
-results = trainer.evaluate_checkpoint(config, workdir)  # --mode=eval
-trainer.export(config, workdir)                         # --mode=export
+results = trainer.evaluate_checkpoint(config, workdir)  # --mode=eval (an imported model needs no checkpoint)
+trainer.export(config, workdir)                         # --mode=export (likewise)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import checkpointing as ckpt_lib
 import evaluators
 from configs import saved
+from methods import pretrained
 from train import perf
 from train import setup as setup_lib
 from train import step as step_lib
@@ -205,11 +206,19 @@ def evaluate(
 
 
 def restore(config, workdir: str, *, devices=None, best: bool = False) -> tuple[setup_lib.Run, object]:
-  """(run, its newest readable or `best` checkpointed state), for --mode=eval / export."""
-  run = setup_lib.build(config, devices=devices, abstract=True, shuffle=False)
-  run.data.close()
+  """(run, its newest readable or `best` checkpointed state), for --mode=eval / export.
+
+  A workdir without checkpoints, for a config that starts from a whole pretrained model (config.pretrained.kind
+  clip_hf / siglip_hf), gives the imported model itself (the initial state): zero-shot evaluation and export of
+  released weights need no training step."""
   checkpointer = _checkpointer(config, os.path.abspath(workdir), async_save=False)
   try:
+    imported = checkpointer.latest_step() is None and pretrained.gives_whole_model(config)
+    run = setup_lib.build(config, devices=devices, abstract=not imported, shuffle=False)
+    run.data.close()
+    if imported:
+      logging.warning("No checkpoint in %s: using the imported model %s as it is.", workdir, config.pretrained.path)
+      return run, run.state
     state, _, _ = checkpointer.restore_latest(ckpt_lib.abstract_with_shardings(run.state, run.shardings), best=best)
   finally:
     checkpointer.close()
