@@ -3,8 +3,13 @@
     data_config = input_pipeline.default_data_config()          # the embedded "shapes" dataset
     it = input_pipeline.build(data_config, split="train", global_batch_size=256, sharding=batch_sharding, seed=0)
     batch = next(it)        # {"image": uint8 [256, 32, 32, 3], "label": int32 [256], "caption": int32 [256, L]}
-    state = it.get_state()  # JSON; it.set_state(state) resumes exactly
-    test = input_pipeline.load_split(data_config, "test")       # whole split on host, for evaluators
+    state = it.get_state()  # JSON; it.set_state(state) resumes exactly; state["skipped"]: unreadable rows so far
+    for batch in input_pipeline.eval_batches(data_config, "test", batch_size=512):  # host NumPy, dataset order
+      ...
+    names = input_pipeline.class_names(data_config, "test")     # ["circle", ...] or None
+
+Sources stream from disk (ArrayRecord, tar, TFDS, TFRecord, files: see sources.py), decoded in `data_config.workers`
+processes; `python -m input_pipeline.convert` writes ArrayRecord or tar shards from JSONL, image folders, npz, TFDS.
 
 Augmentation runs on device (`augment_jax.simclr_augment`, `multi_view`, `multi_crop`), or on host with TF ops
 (`data_config.host_views > 0` adds "views" uint8 [B, V, H, W, 3], see `augment_tf`). String columns are
@@ -13,15 +18,30 @@ tokenized with `data_config.tokenizer` (bytes by default) and never leave the ho
 
 from __future__ import annotations
 
-import jax
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import ml_collections
 import numpy as np
 
 import tokenization as tokenizers
-from input_pipeline import sources
-from input_pipeline.iterator import BatchIterator, batch_shards
+from input_pipeline import file_sources, reader, shard_sources, sources  # noqa: F401  (registers the sources)
 
-__all__ = ["build", "BatchIterator", "load_split", "num_examples", "default_data_config", "register_source"]
+if TYPE_CHECKING:  # jax only where batches go to devices: worker processes and eval_batches never import it
+  import jax
+
+  from input_pipeline.iterator import BatchIterator
+
+__all__ = [
+  "build",
+  "eval_batches",
+  "class_names",
+  "load_split",
+  "num_examples",
+  "default_data_config",
+  "register_source",
+]
 
 register_source = sources.register
 
@@ -38,7 +58,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.train_size = 50_000  # shapes only
   c.test_size = 10_000  # shapes only
   c.seed = 0  # shapes generation seed (the shuffle seed is build(seed=...))
-  c.cache = False  # keep decoded images in memory after the first epoch
+  c.cache = False  # keep decoded images in memory after the first epoch (O(N) memory: small datasets only)
+  c.workers = 0  # processes that decode and transform (0: in the reading thread); batches do not depend on it
+  c.shuffle_buffer = 1000  # tar / TFRecord / TFDS files: records per shuffle window (host memory: one window)
   c.columns = ()  # sentences: TSV column names, e.g. ("score", "text", "text_pos")
   c.tokenizer = "bytes"  # bytes | sentencepiece | wordpiece | "" (drop text)
   c.tokenizer_path = ""  # local .model / vocab.txt / tokenizer.json
@@ -91,6 +113,17 @@ def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: st
   return transform
 
 
+def _config_json(data_config) -> str:
+  return json.dumps(data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config), default=str)
+
+
+def _worker_setup(config_json: str, split: str, seed: int, with_transform: bool) -> tuple:
+  """In a worker process: the source and host transform of `build` / `eval_batches`, rebuilt from the config."""
+  data_config = ml_collections.ConfigDict(json.loads(config_json))
+  source = sources.get_source(data_config, split)
+  return source, (_host_transform(data_config, seed, split) if with_transform else None)
+
+
 def build(
   data_config: ml_collections.ConfigDict,
   *,
@@ -105,8 +138,10 @@ def build(
   """Iterator of global batches (dict of jax.Array, leading dim `global_batch_size`, sharded with `sharding`).
 
   Each process reads only the rows its devices own. Raises ValueError at start-up for a batch size the batch
-  sharding does not divide, an unknown source, a wrong path or an empty split.
+  sharding does not divide, an unknown source, a wrong path, an empty split or fewer shards than processes.
   """
+  from input_pipeline.iterator import BatchIterator, batch_shards
+
   shards = batch_shards(sharding)
   if global_batch_size <= 0 or global_batch_size % shards:
     raise ValueError(
@@ -123,15 +158,81 @@ def build(
     repeat=repeat,
     transform=_host_transform(data_config, seed, split),
     prefetch=prefetch,
+    workers=int(sources.cfg(data_config, "workers", 0)),
+    shuffle_buffer=int(sources.cfg(data_config, "shuffle_buffer", 1000)),
+    worker_setup=_worker_setup,
+    worker_args=(_config_json(data_config), split, seed, True),
   )
+
+
+class EvalBatches(Iterator[dict]):
+  """Host batches of a split in dataset order (see `eval_batches`); `skipped` counts unreadable rows met so far."""
+
+  def __init__(self, data_config: ml_collections.ConfigDict, split: str, batch_size: int, limit: int):
+    self.source = sources.get_source(data_config, split)
+    workers = int(sources.cfg(data_config, "workers", 0))
+    self._runner = reader.TaskRunner(
+      self.source, None, workers, _worker_setup, (_config_json(data_config), split, 0, False)
+    )
+    spec = reader.ReadSpec(shuffle=False, repeat=False, chunk=min(batch_size, 256))
+    self._totals: dict = {}
+    self._batches = reader.read_batches(
+      self.source, spec, reader.initial_state(self.source), self._runner, batch_size, True, self._totals
+    )
+    self.limit, self.rows, self._skipped = limit, 0, 0
+
+  @property
+  def skipped(self) -> int:
+    return self.source.skipped_at_load + self._totals.get("skipped", self._skipped)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.limit and self.rows >= self.limit:
+      self.close()
+      raise StopIteration
+    try:
+      host, state = next(self._batches)
+    except StopIteration:
+      self.close()
+      raise
+    self._skipped = state["skipped"]
+    if self.limit:
+      host = {k: v[: self.limit - self.rows] for k, v in host.items()}
+    self.rows += len(next(iter(host.values())))
+    return {k: (v.astype(object) if k in sources.string_columns(host) else v) for k, v in host.items()}
+
+  def __iter__(self):
+    return self
+
+  def close(self) -> None:
+    self._runner.close()
+
+
+def eval_batches(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int, limit: int = 0) -> EvalBatches:
+  """Host NumPy batches of a split in dataset order, for evaluators; never the whole split in memory.
+
+  Each batch: "image" uint8 [b, S, S, 3] (evaluation preprocessing: short side resized to S, centre crop),
+  "label" int32 [b], text columns ("caption", "text", ...) as str object arrays [b], not tokenized; b = batch_size
+  except for a smaller last batch. Unreadable rows are skipped and counted (`.skipped`); `limit` > 0 stops after
+  that many rows. Every process reads the whole split (evaluation data is not sharded across processes).
+  """
+  return EvalBatches(data_config, split, batch_size, limit)
+
+
+def class_names(data_config: ml_collections.ConfigDict, split: str) -> list[str] | None:
+  """The split's class names from its source (info.json, TFDS features, image-folder names, shapes), or None."""
+  names = sources.get_source(data_config, split).class_names
+  return None if names is None else [str(n) for n in names]
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
   """The whole split on host, in order: "image" uint8 [N, S, S, 3], "label" int32 [N], "caption" str [N], ...
 
-  Unreadable rows are dropped.
+  O(N) host memory: kept for evaluators until they read `eval_batches`. Unreadable rows are dropped.
   """
-  columns, _ = sources.read_all(sources.get_source(data_config, split))
+  parts = list(eval_batches(data_config, split, batch_size=4096))
+  if not parts:
+    raise ValueError(f"No readable row in split {split!r} of data source {data_config.name!r}.")
+  columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   return {k: (v.astype(str) if k in sources.string_columns(columns) else v) for k, v in columns.items()}
 
 
