@@ -52,6 +52,9 @@ def shapes_data(*, max_text_len: int = 0, normalize: bool = True, **extra) -> ml
       test_size=2000,
       seed=0,
       tokenizer="bytes" if max_text_len else "",
+      path="",  # files / shards of the other sources (input_pipeline/sources.py): glob or braces, "{split}" substituted
+      workers=0,  # processes decoding and transforming data (0: the reading thread); batches do not depend on it
+      shuffle_buffer=1000,  # tar / TFRecord / TFDS files: records per shuffle window
     )
   )
   if max_text_len:

@@ -139,7 +139,8 @@ def stream_tasks(source: StreamSource, spec: ReadSpec, state: dict) -> Iterator[
     order = mine
     if spec.shuffle:
       order = [mine[i] for i in np.random.default_rng(_epoch_seed(spec.seed, epoch)).permutation(len(mine))]
-    for window in _windows(source, order, state, max(1, spec.shuffle_buffer)):
+    window_size = max(1, spec.shuffle_buffer) if spec.shuffle else spec.chunk
+    for window in _windows(source, order, state, window_size):
       _, start_position, start_offset, _ = window[0]
       if spec.shuffle:
         rng = np.random.default_rng(_epoch_seed(spec.seed, epoch, start_position, start_offset))
@@ -236,7 +237,8 @@ class TaskRunner:
       return future.result()
     except concurrent.futures.process.BrokenProcessPool:
       raise RuntimeError(
-        "A data worker process died (out of memory, or killed); lower data.workers or the batch size."
+        "A data worker process died or could not start: out of memory (lower data.workers or the batch size), "
+        'killed, or a script without the `if __name__ == "__main__":` guard that spawned workers need.'
       ) from None
 
   def close(self) -> None:
