@@ -29,8 +29,8 @@ def split_name(name: str) -> tuple[str, str]:
 def iter_samples(path: str, skip: int = 0) -> Iterator[dict[str, bytes] | None]:
   """Samples of one shard ({extension: bytes}) from sample `skip` on; `None` once if the rest is unreadable.
 
-  A member whose data is cut short (a truncated copy) loses its sample, reported as one `None`, and ends the shard;
-  a shard cut between members ends after its last whole sample. Memory: one sample.
+  A member cut short (a truncated copy) or a damaged header loses its sample, reported as one `None`, and ends the
+  shard; a shard cut exactly between two samples ends after the last whole one. Memory: one sample.
   """
   try:
     tar = tarfile.open(path, "r:*")
@@ -52,11 +52,20 @@ def iter_samples(path: str, skip: int = 0) -> Iterator[dict[str, bytes] | None]:
           key, fields = member_key, {}
         if index >= skip:
           fields[ext] = tar.extractfile(member).read()
+      damaged = _damaged_tail(tar)
     except (tarfile.TarError, OSError, EOFError):
       yield None
       return
     if key is not None and index >= skip:
       yield fields
+    if damaged:
+      yield None
+
+
+def _damaged_tail(tar: tarfile.TarFile) -> bool:
+  """Whether the bytes where TarFile stopped are a partial or corrupt header rather than the zero end blocks."""
+  tar.fileobj.seek(tar.offset)
+  return bool(tar.fileobj.read(2 * tarfile.BLOCKSIZE).strip(b"\0"))
 
 
 def count_samples(path: str) -> int:
