@@ -81,31 +81,32 @@ def folder_rows(root: str, split: str) -> tuple[Iterator[dict | None], list[str]
 
 
 def npz_rows(path: str, split: str, image_format: str) -> tuple[Iterator[dict], list[str] | None, int]:
-  """A flat JPEG npz ({split}_jpeg + offsets + labels) or arrays ({split}_images [+ labels, captions])."""
+  """A flat JPEG npz ({split}_jpeg + {split}_offsets) or arrays ({split}_images); optional labels, captions."""
   names = npz.member_names(path)
   classes = [str(n) for n in npz.load_member(path, "class_names")] if "class_names" in names else None
   labels = next((npz.load_member(path, n) for n in (f"{split}_labels", f"y_{split}") if n in names), None)
+  captions = npz.load_member(path, f"{split}_captions") if f"{split}_captions" in names else None
   if f"{split}_jpeg" in names:
     jpeg, offsets = npz.load_member(path, f"{split}_jpeg"), np.asarray(npz.load_member(path, f"{split}_offsets"))
-    rows = ({"image": jpeg[offsets[i] : offsets[i + 1]].tobytes(), "label": int(labels[i])} for i in range(len(labels)))
-    return rows, classes, len(labels)
-  image_name = next((n for n in (f"{split}_images", f"{split}_image", f"x_{split}") if n in names), None)
-  if image_name is None:
-    raise ValueError(f"{path} has neither {split}_jpeg nor {split}_images (arrays: {names}).")
-  arrays = npz.load_member(path, image_name)
-  captions = npz.load_member(path, f"{split}_captions") if f"{split}_captions" in names else None
-  encode = images.encode_png if image_format == "png" else images.encode_jpeg
+    count, image = len(offsets) - 1, lambda i: jpeg[offsets[i] : offsets[i + 1]].tobytes()
+  else:
+    image_name = next((n for n in (f"{split}_images", f"{split}_image", f"x_{split}") if n in names), None)
+    if image_name is None:
+      raise ValueError(f"{path} has neither {split}_jpeg nor {split}_images (arrays: {names}).")
+    arrays = npz.load_member(path, image_name)
+    encode = images.encode_png if image_format == "png" else images.encode_jpeg
+    count, image = len(arrays), lambda i: encode(np.asarray(arrays[i]))
 
   def rows():
-    for i in range(len(arrays)):
-      fields = {"image": encode(np.asarray(arrays[i]))}
+    for i in range(count):
+      fields = {"image": image(i)}
       if labels is not None:
         fields["label"] = int(labels[i])
       if captions is not None:
         fields["caption"] = str(captions[i])
       yield fields
 
-  return rows(), classes, len(arrays)
+  return rows(), classes, count
 
 
 def tfds_rows(name: str, split: str, data_dir: str) -> tuple[Iterator[dict], list[str] | None, int]:

@@ -59,8 +59,16 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
     return np.asarray(im, np.uint8)
 
 
+_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
+
+
 def image_format(data: bytes) -> str:
-  """The file extension of encoded image bytes ("jpg", "png", ...) from Pillow's identification; raises if none."""
+  """The file extension of encoded image bytes ("jpg", "png", ...): magic bytes, else Pillow's identification."""
+  for magic, ext in _MAGIC:
+    if data.startswith(magic):
+      return ext
+  if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    return "webp"
   with Image.open(io.BytesIO(data)) as im:
     return {"JPEG": "jpg", "MPO": "jpg"}.get(im.format, (im.format or "img").lower())
 
