@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from input_pipeline import file_sources
 from records import examples, images, npz, webdataset
 
-FORMATS = {"array_record": "array_record", "tar": "tar"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+FORMATS = ("array_record", "tar")
 
 
 def _read(path: str) -> bytes:
@@ -67,7 +67,7 @@ def folder_rows(root: str, split: str) -> tuple[Iterator[dict | None], list[str]
     (os.path.join(root, name, f), label)
     for label, name in enumerate(classes)
     for f in sorted(os.listdir(os.path.join(root, name)))
-    if f.lower().endswith(IMAGE_EXTENSIONS)
+    if f.lower().endswith(file_sources.IMAGE_EXTENSIONS)
   ]
 
   def rows():
@@ -192,7 +192,7 @@ def convert(
   from tqdm import tqdm
 
   if fmt not in FORMATS:
-    raise ValueError(f"--format must be one of {sorted(FORMATS)}, not {fmt!r}.")
+    raise ValueError(f"--format must be one of {FORMATS}, not {fmt!r}.")
   if shard_size <= 0:
     raise ValueError(f"--shard_size must be positive, not {shard_size}.")
   rows, classes, total = input_rows(source, split, image_format, data_dir)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m input_pipeline.convert", description=__doc__.split("\n")[0])
   parser.add_argument("--input", required=True, help="a .jsonl file, an image folder, an .npz, or tfds:<name>")
   parser.add_argument("--output", required=True, help="folder for the shards and info.json")
-  parser.add_argument("--format", default="array_record", choices=sorted(FORMATS))
+  parser.add_argument("--format", default="array_record", choices=FORMATS)
   parser.add_argument("--shard_size", type=int, default=10_000, help="rows per shard")
   parser.add_argument("--split", default="train")
   parser.add_argument("--image_format", default="png", choices=("png", "jpeg"), help="encoding of npz arrays")

@@ -139,8 +139,9 @@ def stream_tasks(source: StreamSource, spec: ReadSpec, state: dict) -> Iterator[
     order = mine
     if spec.shuffle:
       order = [mine[i] for i in np.random.default_rng(_epoch_seed(spec.seed, epoch)).permutation(len(mine))]
-    window_size = max(1, spec.shuffle_buffer) if spec.shuffle else spec.chunk
+    window_size, read = max(1, spec.shuffle_buffer) if spec.shuffle else spec.chunk, 0
     for window in _windows(source, order, state, window_size):
+      read += len(window)
       _, start_position, start_offset, _ = window[0]
       if spec.shuffle:
         rng = np.random.default_rng(_epoch_seed(spec.seed, epoch, start_position, start_offset))
@@ -153,6 +154,8 @@ def stream_tasks(source: StreamSource, spec: ReadSpec, state: dict) -> Iterator[
         cursors[:, 3] = np.arange(lo + 1, lo + len(rows) + 1)  # rows of the window emitted after each
         yield Task([r[0] for r in rows], ids, cursors, epoch)
       state["emitted"] = 0
+    if not read:
+      raise RuntimeError(f"The shards of reader {spec.reader} of {spec.num_readers} hold no record.")
     state = {**state, "epoch": epoch + 1, "shard": 0, "offset": 0, "emitted": 0}
 
 

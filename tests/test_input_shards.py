@@ -211,3 +211,26 @@ def test_array_record_and_tar_paths_import_no_tensorflow(data):
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.strip().endswith("ok")
+
+
+def test_converter_skips_and_counts_corrupt_inputs(tmp_path, capsys):
+  images_rgb = shapes.render(0, "train", np.arange(4), image_size=SIZE)[0]
+  for i, x in enumerate(images_rgb):
+    (tmp_path / f"{i}.png").write_bytes(images.encode_png(x))
+  (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff truncated")
+  lines = [json.dumps({"image": f"{i}.png", "text": f"caption {i}"}) for i in range(4)]
+  lines += [json.dumps({"image": "bad.jpg", "text": "corrupt"}), json.dumps({"image": "0.png", "text": ""}), "[1]"]
+  (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+  args = [f"--input={tmp_path}/{{split}}.jsonl", f"--output={tmp_path}/out", "--format=tar", "--shard_size=3"]
+  assert convert.main(args) == 0
+  summary = capsys.readouterr().out
+  assert "wrote 4 rows in 2 shards" in summary and "skipped 3 unreadable inputs" in summary
+  with open(tmp_path / "out" / "info.json") as f:
+    info = json.load(f)["splits"]["train"]
+  assert (info["rows"], info["skipped"], sorted(info["shards"].values())) == (4, 3, [1, 3])
+  c = config(tmp_path, "tar", path=str(tmp_path / "out" / "{split}-*.tar"))
+  assert [str(t) for b in input_pipeline.eval_batches(c, "train", batch_size=8) for t in b["caption"]] == [
+    f"caption {i}" for i in range(4)
+  ]
+  assert convert.main([f"--input={tmp_path}/nothing.jsonl", f"--output={tmp_path}/o2"]) == 2
+  assert "No input at" in capsys.readouterr().err
