@@ -8,7 +8,7 @@ every caption different) are written as an npz and converted with `input_pipelin
 (kept in --dir for later runs). Then, for each format and worker count, a fresh process builds
 `input_pipeline.build(..., shuffle=True)` on one CPU device (global shuffle over all N rows, batches of 256 uint8
 [32, 32, 3] images + tokenized captions, put on the device) and iterates `--batches` batches: its peak RSS
-(ru_maxrss; the largest worker process's peak, VmHWM, separately) and images/s after the first batch.
+(VmHWM; the largest worker process's, separately) and images/s after the first batch.
 """
 
 from __future__ import annotations
@@ -59,8 +59,14 @@ def prepare(directory: str, rows: int, fmt: str) -> tuple[str, float]:
   return os.path.join(out, "{split}-*." + fmt), time.perf_counter() - start
 
 
+def peak_rss_mb(pid: str = "self") -> float:
+  """Peak RSS of a process since its exec (VmHWM; ru_maxrss would also count the parent's pages at fork)."""
+  with open(f"/proc/{pid}/status") as status:
+    return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+
+
 def children_peak_rss_mb() -> float:
-  """Largest peak RSS (VmHWM, since exec) among this process's live children: the data workers."""
+  """Largest peak RSS among this process's live children: the data workers."""
   import glob
 
   peaks = [0.0]
@@ -68,8 +74,7 @@ def children_peak_rss_mb() -> float:
     with open(tasks) as f:
       for pid in f.read().split():
         try:
-          with open(f"/proc/{pid}/status") as status:
-            peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")]
+          peaks.append(peak_rss_mb(pid))
         except OSError:
           continue
   return max(peaks)
@@ -77,8 +82,6 @@ def children_peak_rss_mb() -> float:
 
 def measure(path: str, fmt: str, workers: int, batches: int, batch_size: int) -> dict:
   """In this process: build the iterator, read `batches` batches; peak RSS and images/s."""
-  import resource
-
   import jax
   import numpy as np
 
@@ -102,7 +105,7 @@ def measure(path: str, fmt: str, workers: int, batches: int, batch_size: int) ->
   return {
     "images_per_s": round((batches - 1) * batch_size / seconds, 1),
     "first_batch_s": round(first_s, 2),
-    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    "peak_rss_mb": round(peak_rss_mb(), 1),
     "worker_peak_rss_mb": round(worker_rss, 1),
   }
 
@@ -132,8 +135,12 @@ def main() -> None:
         command = [sys.executable, __file__, f"--measure={path},{fmt},{workers}", f"--batches={args.batches}"]
         command.append(f"--batch_size={args.batch_size}")
         load = os.getloadavg()[0]
-        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        run = subprocess.run(command, env=env, capture_output=True, text=True)
+        if run.returncode:
+          result = {"error": run.stderr.strip().splitlines()[-1][:300] if run.stderr.strip() else str(run.returncode)}
+          print(run.stderr[-3000:], file=sys.stderr)
+        else:
+          result = json.loads(run.stdout.strip().splitlines()[-1])
         record.update({f"{fmt}/workers_{workers}/{k}": v for k, v in result.items()})
         record[f"{fmt}/workers_{workers}/load_avg_1m_before"] = round(load, 2)
     print(json.dumps(record), flush=True)

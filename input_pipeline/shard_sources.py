@@ -52,8 +52,8 @@ class ArrayRecordSource(Source):
     rows = shard_rows(info, paths)
     specs = [f"{p}[0:{n}]" for p, n in zip(paths, rows)] if rows else paths  # known sizes: no file opened yet
     try:
-      # The reader keeps its shard's record index in memory (~40 bytes a record, measured): "offloaded" indices
-      # cost as much here and read 16x slower.
+      # The reader keeps its shard's record index in memory (20-40 bytes a record, measured): "offloaded"
+      # indices cost as much here and read 16x slower.
       self.data = ArrayRecordDataSource(specs)
     except RuntimeError as e:
       raise ValueError(f"Cannot open the ArrayRecord shards {paths[0]!r}...: {e}") from None
