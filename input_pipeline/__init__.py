@@ -50,7 +50,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   """The embedded "shapes" dataset and every field the other sources read (see sources.py)."""
   c = ml_collections.ConfigDict()
   c.name = "shapes"  # a key of sources.SOURCES, or "tfds:<dataset>"
-  c.path = ""  # file / folder / glob for file sources; "{split}" is substituted
+  c.path = ""  # files / folder / shards: a glob or braces ("DIR/{000..099}.tar"); "{split}" is substituted
   c.data_dir = ""  # TFDS data_dir ("" = TFDS default)
   c.download = False  # TFDS: download and prepare when missing (off: fail at once with a how-to)
   c.image_size = 32  # images are decoded / resized / centre-cropped to [S, S, 3]
@@ -72,7 +72,8 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: str):
-  """Per-batch host work: text views, host image views, tokenization. None when there is nothing to do."""
+  """Host work on decoded rows: text views, host image views, tokenization. Row by row (a row's randomness comes
+  from its ids), so it runs on each task's rows, in the worker processes when there are some."""
   tokenizer_name = data_config.get("tokenizer", "")
   tokenizer = tokenizers.get(tokenizer_name, data_config.get("tokenizer_path", "")) if tokenizer_name else None
   text_views = data_config.get("text_views", "")

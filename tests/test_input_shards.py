@@ -234,3 +234,11 @@ def test_converter_skips_and_counts_corrupt_inputs(tmp_path, capsys):
   ]
   assert convert.main([f"--input={tmp_path}/nothing.jsonl", f"--output={tmp_path}/o2"]) == 2
   assert "No input at" in capsys.readouterr().err
+
+
+def test_input_scale_benchmark_workload_runs(tmp_path):
+  from benchmarks import input_scale
+
+  path, _ = input_scale.prepare(str(tmp_path), 40, "tar")
+  result = input_scale.measure(path, "tar", 0, batches=3, batch_size=8)
+  assert result["images_per_s"] > 0 and result["peak_rss_mb"] > 0
