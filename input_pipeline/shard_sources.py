@@ -75,13 +75,13 @@ class ArrayRecordSource(Source):
       return None
 
   def read(self, indices):
-    fields = []
-    for raw in self._raw(np.asarray(indices).tolist()):
+    indices, fields = np.asarray(indices).tolist(), []
+    for raw in self._raw(indices):
       try:
         fields.append(None if raw is None else examples.decode(raw))
-      except examples.BadRecord:
-        fields.append(None)
-    return rows_to_columns(fields, self.columns, self.image_size)
+      except examples.BadRecord as e:
+        fields.append(e)
+    return rows_to_columns(fields, self.columns, self.image_size, indices)
 
 
 @register("array_record")
@@ -157,8 +157,8 @@ class TFRecordSource(StreamSource):
     for raw in records:
       try:
         fields.append(None if raw is None else _example_fields(raw))
-      except Exception:  # protobuf's DecodeError: not an Example
-        fields.append(None)
+      except Exception as e:  # protobuf's DecodeError: not an Example
+        fields.append(e)
     return rows_to_columns(fields, self.columns, self.image_size)
 
   def count(self, shard):
@@ -200,8 +200,9 @@ class TfdsSource(Source):
     self.num_rows = len(data)
 
   def read(self, indices):
-    fields = [_tfds_fields(self.data[i], self.image_key) for i in np.asarray(indices).tolist()]
-    return rows_to_columns(fields, self.columns, self.image_size)
+    indices = np.asarray(indices).tolist()
+    fields = [_tfds_fields(self.data[i], self.image_key) for i in indices]
+    return rows_to_columns(fields, self.columns, self.image_size, indices)
 
 
 class TfdsStreamSource(StreamSource):
@@ -224,10 +225,10 @@ class TfdsStreamSource(StreamSource):
     features, fields = self.builder.info.features, []
     for raw in records:
       try:
-        example = features.deserialize_example_np(raw, decoders=self.decoders)
-        fields.append(_tfds_fields(example, self.image_key))
-      except Exception:  # None (truncated) or an undecodable record
-        fields.append(None)
+        example = None if raw is None else features.deserialize_example_np(raw, decoders=self.decoders)
+        fields.append(None if example is None else _tfds_fields(example, self.image_key))
+      except Exception as e:  # an undecodable record
+        fields.append(e)
     return rows_to_columns(fields, self.columns, self.image_size)
 
   def count(self, shard):

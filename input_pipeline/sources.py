@@ -106,24 +106,28 @@ def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
   )
 
 
-def _convert_or_none(fields: dict | None, columns: dict[str, str], image_size: int, where: str) -> dict | None:
-  if fields is None:
-    logging.warning("input_pipeline: skipping %s: unreadable record", where)
-    return None
+def _convert_or_none(fields: dict | Exception | None, columns: dict[str, str], image_size: int, where: str):
+  """The row of one record, or None (logged) when it cannot be read or converted."""
   try:
+    if fields is None:
+      raise examples.BadRecord("unreadable record (truncated or corrupt file)")
+    if isinstance(fields, Exception):
+      raise fields
     return examples.convert(fields, columns, image_size)
-  except Exception as e:  # Corrupt image, bomb, missing caption...: skip the row, never crash mid-run.
+  except Exception as e:  # Corrupt image, bomb, missing caption, missing file...: skip the row, never crash mid-run.
     logging.warning("input_pipeline: skipping %s: %s: %s", where, type(e).__name__, e)
     return None
 
 
 def rows_to_columns(
-  fields: list[dict | None], columns: dict[str, str], image_size: int, where: Callable[[int], str] = str
+  fields: list[dict | Exception | None], columns: dict[str, str], image_size: int, names: list | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """Records' fields (None = unreadable) -> typed columns [n] and valid [n]; images decoded on a thread pool."""
+  """Records' fields (None or the exception = unreadable) -> typed columns [n] and valid [n]; images decoded on a
+  thread pool. `names` (e.g. dataset indices) say which rows the warnings of skipped ones are about."""
+  names = names if names is not None else [f"record {j} of a chunk" for j in range(len(fields))]
   rows = list(
     _decode_pool().map(
-      lambda j: _convert_or_none(fields[j], columns, image_size, f"row {where(j)}"), range(len(fields))
+      lambda j: _convert_or_none(fields[j], columns, image_size, f"row {names[j]}"), range(len(fields))
     )
   )
   out = examples.empty_columns(columns, len(rows), image_size)
@@ -156,23 +160,25 @@ class FieldSource(Source):
     self._cache = np.zeros((num_rows, image_size, image_size, 3), np.uint8) if cache else None
     self._cached = np.zeros(num_rows, bool) if cache else None
 
-  def _fields(self, i: int) -> dict | None:
-    try:
-      return self.fields(i)
-    except Exception as e:  # A missing file or malformed line is one bad row.
-      logging.warning("input_pipeline: skipping row %d: %s: %s", i, type(e).__name__, e)
-      return None
+  def _fields(self, indices: list[int]) -> list[dict | Exception]:
+    out = []
+    for i in indices:
+      try:
+        out.append(self.fields(i))
+      except Exception as e:  # A missing file or malformed line is one bad row, reported with the others.
+        out.append(e)
+    return out
 
   def read(self, indices):
     indices = np.asarray(indices)
     if self._cache is None:
-      out, valid = rows_to_columns([self._fields(i) for i in indices.tolist()], self.columns, self.image_size)
+      todo = indices.tolist()
+      out, valid = rows_to_columns(self._fields(todo), self.columns, self.image_size, todo)
     else:
       hit = self._cached[indices]
       todo = np.flatnonzero(~hit)
-      part, part_valid = rows_to_columns(
-        [self._fields(i) for i in indices[todo].tolist()], self.columns, self.image_size
-      )
+      rows = indices[todo].tolist()
+      part, part_valid = rows_to_columns(self._fields(rows), self.columns, self.image_size, rows)
       out = examples.empty_columns(self.columns, len(indices), self.image_size)
       valid = hit.copy()
       valid[todo] = part_valid
