@@ -1,9 +1,9 @@
 """Deterministic, resumable reading of one reader's share of a source into host batches; decoding in worker processes.
 
 Order. Reader r of R (one per process that owns distinct batch rows) reads
-- a random-access `Source` of N rows: epoch e visits 0..N-1 in the order of grain's `index_shuffle` (a bijection
-  computed per index, O(1) memory; seed from (seed, e)), the identity without shuffle; the reader takes positions
-  r, r + R, r + 2R, ... of it;
+- a random-access `Source` of N rows: epoch e visits 0..N-1 in the order `default_rng([seed, e]).permutation(N)`
+  (held as int32 in the reading process: 4 bytes a row, less than an ArrayRecord index), the identity without
+  shuffle; the reader takes positions r, r + R, r + 2R, ... of it;
 - a `StreamSource`: shards r, r + R, ... of the sorted shard list, in an order permuted per epoch, each front to
   back; the records pass a window shuffle: each window of `shuffle_buffer` consecutive records is permuted (as
   grain's WindowShuffle), so host memory holds one window of encoded records, whatever the dataset's size.
@@ -90,29 +90,32 @@ def check_share(source: AnySource, spec: ReadSpec) -> None:
     raise ValueError(f"The dataset has {len(source)} examples, fewer than the {spec.num_readers} readers.")
 
 
-def _epoch_seed(seed: int, *keys: int) -> int:
-  return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+  """The visiting order of epoch `epoch`: `np.random.default_rng([seed, epoch]).permutation(num_rows)`, held as int32
+  (4 bytes a row) below 2^31 rows."""
+  order = np.arange(num_rows, dtype=np.int32 if num_rows < 2**31 else np.int64)
+  np.random.default_rng([seed, epoch]).shuffle(order)  # the same draws as permutation(): the order does not change
+  return order
 
 
 def row_tasks(num_rows: int, spec: ReadSpec, state: dict) -> Iterator[Task]:
   """Tasks of a random-access source from `state` on."""
   per_epoch = len(range(spec.reader, num_rows, spec.num_readers))
-  epoch, index = state["epoch"], state["index"]
+  epoch, index, order = state["epoch"], state["index"], None
   while True:
     if index >= per_epoch:
-      epoch, index = epoch + 1, 0
+      epoch, index, order = epoch + 1, 0, None
     if epoch > 0 and not spec.repeat:
       return
+    if order is None and spec.shuffle:
+      order = epoch_order(num_rows, spec.seed, epoch)
     positions = np.arange(index, min(per_epoch, index + spec.chunk))
-    order = spec.reader + positions * spec.num_readers
+    rows = spec.reader + positions * spec.num_readers
     if spec.shuffle:
-      from grain.experimental import index_shuffle  # grain is heavy to import: only where a shuffle is read
-
-      seed = _epoch_seed(spec.seed, epoch)
-      order = np.asarray([index_shuffle(int(j), max_index=num_rows - 1, seed=seed, rounds=4) for j in order])
-    ids = np.stack([np.full(len(order), epoch), order], -1)
-    cursors = np.stack([np.full(len(order), epoch), positions + 1], -1)
-    yield Task(order, ids, cursors, epoch)
+      rows = order[rows].astype(np.int64)
+    ids = np.stack([np.full(len(rows), epoch), rows], -1)
+    cursors = np.stack([np.full(len(rows), epoch), positions + 1], -1)
+    yield Task(rows, ids, cursors, epoch)
     index = int(positions[-1]) + 1
 
 
@@ -138,13 +141,13 @@ def stream_tasks(source: StreamSource, spec: ReadSpec, state: dict) -> Iterator[
     epoch = state["epoch"]
     order = mine
     if spec.shuffle:
-      order = [mine[i] for i in np.random.default_rng(_epoch_seed(spec.seed, epoch)).permutation(len(mine))]
+      order = [mine[i] for i in np.random.default_rng([spec.seed, epoch]).permutation(len(mine))]
     window_size, read = max(1, spec.shuffle_buffer) if spec.shuffle else spec.chunk, 0
     for window in _windows(source, order, state, window_size):
       read += len(window)
       _, start_position, start_offset, _ = window[0]
       if spec.shuffle:
-        rng = np.random.default_rng(_epoch_seed(spec.seed, epoch, start_position, start_offset))
+        rng = np.random.default_rng([spec.seed, epoch, start_position, start_offset])
         window = [window[k] for k in rng.permutation(len(window))]
       for lo in range(state["emitted"], len(window), spec.chunk):
         rows = window[lo : lo + spec.chunk]
