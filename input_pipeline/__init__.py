@@ -1,10 +1,15 @@
 """Input pipeline: sources -> deterministic, resumable, per-process sharded global batches.
 
-    data_config = configs.default.data()                         # the embedded "shapes" dataset
+    data_config = configs.default.data()                          # the embedded "shapes" dataset
     it = input_pipeline.build(data_config, split="train", global_batch_size=256, sharding=batch_sharding, seed=0)
     batch = next(it)        # {"image": uint8 [256, 32, 32, 3], "label": int32 [256], "caption": int32 [256, L]}
-    state = it.get_state()  # JSON; it.set_state(state) resumes exactly
-    test = input_pipeline.load_split(data_config, "test")       # whole split on host, for evaluators
+    state = it.get_state()  # JSON; it.set_state(state) resumes exactly; state["skipped"]: unreadable rows so far
+    for batch in input_pipeline.eval_batches(data_config, "test", batch_size=512):  # host NumPy, dataset order
+      ...
+    names = input_pipeline.class_names(data_config, "test")     # ["circle", ...] or None
+
+Sources stream from disk (ArrayRecord, tar, TFDS, TFRecord, files: see sources.py), decoded in `data_config.workers`
+processes; `python -m input_pipeline.convert` writes ArrayRecord or tar shards from JSONL, image folders, npz, TFDS.
 
 Augmentation runs on device (`augment_jax.simclr_augment`, `multi_view`, `multi_crop`), or on host with TF ops
 (`data_config.host_views > 0` adds "views" uint8 [B, V, H, W, 3], see `augment_tf`). String columns are
@@ -13,23 +18,37 @@ tokenized with `data_config.tokenizer` (bytes by default) and never leave the ho
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import jax
 import ml_collections
 import numpy as np
 
 import tokenization as tokenizers
-from input_pipeline import sources
-from input_pipeline.iterator import BatchIterator, batch_shards
+from input_pipeline import file_sources, reader, shard_sources, sources  # noqa: F401  (registers the sources)
 
-__all__ = ["build", "BatchIterator", "load_split", "num_examples", "register_source"]
+if TYPE_CHECKING:  # jax only where batches go to devices: worker processes and eval_batches never import it
+  import jax
+
+  from input_pipeline.iterator import BatchIterator
+
+__all__ = [
+  "build",
+  "eval_batches",
+  "class_names",
+  "prompt_templates",
+  "load_split",
+  "num_examples",
+  "register_source",
+]
 
 register_source = sources.register
 
 
 def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: str):
-  """Per-batch host work: text views, host image views, tokenization. None when there is nothing to do."""
+  """Host work on decoded rows: text views, host image views, tokenization. Row by row (a row's randomness comes
+  from its ids), so it runs on each task's rows, in the worker processes when there are some."""
   tokenizer = tokenizers.get(data_config.tokenizer, data_config.tokenizer_path) if data_config.tokenizer else None
   text_views, host_views, max_len = data_config.text_views, data_config.host_views, data_config.max_text_len
   caption_dropout = data_config.caption_word_dropout if split == "train" else 0.0
@@ -67,6 +86,17 @@ def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: st
   return transform
 
 
+def _config_json(data_config) -> str:
+  return json.dumps(data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config), default=str)
+
+
+def _worker_setup(config_json: str, split: str, seed: int, with_transform: bool) -> tuple:
+  """In a worker process: the source and host transform of `build` / `eval_batches`, rebuilt from the config."""
+  data_config = ml_collections.ConfigDict(json.loads(config_json))
+  source = sources.get_source(data_config, split)
+  return source, (_host_transform(data_config, seed, split) if with_transform else None)
+
+
 def build(
   data_config: ml_collections.ConfigDict,
   *,
@@ -81,8 +111,10 @@ def build(
   """Iterator of global batches (dict of jax.Array, leading dim `global_batch_size`, sharded with `sharding`).
 
   Each process reads only the rows its devices own. Raises ValueError at start-up for a batch size the batch
-  sharding does not divide, an unknown source, a wrong path or an empty split.
+  sharding does not divide, an unknown source, a wrong path, an empty split or fewer shards than processes.
   """
+  from input_pipeline.iterator import BatchIterator, batch_shards
+
   shards = batch_shards(sharding)
   if global_batch_size <= 0 or global_batch_size % shards:
     raise ValueError(
@@ -99,43 +131,88 @@ def build(
     repeat=repeat,
     transform=_host_transform(data_config, seed, split),
     prefetch=prefetch,
+    workers=data_config.workers,
+    shuffle_buffer=data_config.shuffle_buffer,
+    worker_setup=_worker_setup,
+    worker_args=(_config_json(data_config), split, seed, True),
   )
+
+
+class EvalBatches(Iterator[dict]):
+  """Host batches of a split in dataset order (see `eval_batches`); `skipped` counts unreadable rows met so far."""
+
+  def __init__(self, data_config: ml_collections.ConfigDict, split: str, batch_size: int, limit: int):
+    self.source = sources.get_source(data_config, split)
+    workers = data_config.workers
+    self._runner = reader.TaskRunner(
+      self.source, None, workers, _worker_setup, (_config_json(data_config), split, 0, False)
+    )
+    spec = reader.ReadSpec(shuffle=False, repeat=False, chunk=min(batch_size, 256))
+    self._totals: dict = {}
+    self._batches = reader.read_batches(
+      self.source, spec, reader.initial_state(self.source), self._runner, batch_size, True, self._totals
+    )
+    self.limit, self.rows, self._skipped = limit, 0, 0
+
+  @property
+  def skipped(self) -> int:
+    return self.source.skipped_at_load + self._totals.get("skipped", self._skipped)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.limit and self.rows >= self.limit:
+      self.close()
+      raise StopIteration
+    try:
+      host, state = next(self._batches)
+    except StopIteration:
+      self.close()
+      raise
+    self._skipped = state["skipped"]
+    if self.limit:
+      host = {k: v[: self.limit - self.rows] for k, v in host.items()}
+    self.rows += len(next(iter(host.values())))
+    return {k: (v.astype(object) if k in sources.string_columns(host) else v) for k, v in host.items()}
+
+  def __iter__(self):
+    return self
+
+  def close(self) -> None:
+    self._runner.close()
+
+
+def eval_batches(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int, limit: int = 0) -> EvalBatches:
+  """Host NumPy batches of a split in dataset order, for evaluators; never the whole split in memory.
+
+  Each batch: "image" uint8 [b, S, S, 3] (evaluation preprocessing: short side resized to S, centre crop),
+  "label" int32 [b], text columns ("caption", "text", ...) as str object arrays [b], not tokenized; b = batch_size
+  except for a smaller last batch. Unreadable rows are skipped and counted (`.skipped`); `limit` > 0 stops after
+  that many rows. Every process reads the whole split (evaluation data is not sharded across processes).
+  """
+  return EvalBatches(data_config, split, batch_size, limit)
+
+
+def prompt_templates(data_config: ml_collections.ConfigDict, split: str = "test") -> tuple[str, ...] | None:
+  """Zero-shot prompt templates in the form of a source's own captions (e.g. shapes'), else None."""
+  return getattr(sources.get_source(data_config, split), "prompt_templates", None)
+
+
+def class_names(data_config: ml_collections.ConfigDict, split: str) -> list[str] | None:
+  """The split's class names from its source (info.json, TFDS features, image-folder names, shapes), or None."""
+  names = sources.get_source(data_config, split).class_names
+  return None if names is None else [str(n) for n in names]
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
   """The whole split on host, in order: "image" uint8 [N, S, S, 3], "label" int32 [N], "caption" str [N], ...
 
-  Unreadable rows are dropped.
+  O(N) host memory: kept for evaluators until they read `eval_batches`. Unreadable rows are dropped.
   """
-  columns, _ = sources.read_all(sources.get_source(data_config, split))
+  parts = list(eval_batches(data_config, split, batch_size=4096))
+  if not parts:
+    raise ValueError(f"No readable row in split {split!r} of data source {data_config.name!r}.")
+  columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   return {k: (v.astype(str) if k in sources.string_columns(columns) else v) for k, v in columns.items()}
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
   return len(sources.get_source(data_config, split))
-
-
-def eval_batches(data_config, split: str, *, batch_size: int, limit: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Host batches of a split in dataset order for evaluation: images uint8 [b, S, S, 3] as evaluated (short side
-  resized, centre-cropped), labels, and text columns as str arrays (not tokenized); unreadable rows skipped. At most
-  `limit` rows (0 = all); the split is never held whole."""
-  source = sources.get_source(data_config, split)
-  total = min(len(source), limit) if limit else len(source)
-  for start in range(0, total, batch_size):
-    columns, valid = source.read(np.arange(start, min(start + batch_size, total)))
-    if valid.any():
-      yield {
-        k: (v[valid].astype(str).astype(object) if k in sources.string_columns(columns) else v[valid])
-        for k, v in columns.items()
-      }
-
-
-def class_names(data_config, split: str) -> list[str] | None:
-  """The class names of a split's labels, when its source knows them (shapes, image folders, CIFAR, TFDS)."""
-  names = getattr(sources.get_source(data_config, split), "class_names", None)
-  return list(names)[: data_config.num_classes] if names is not None else None
-
-
-def prompt_templates(data_config, split: str = "test") -> tuple[str, ...] | None:
-  """Zero-shot prompt templates in the form of a source's own captions (e.g. shapes'), else None."""
-  return getattr(sources.get_source(data_config, split), "prompt_templates", None)

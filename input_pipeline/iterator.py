@@ -1,15 +1,15 @@
-"""Checkpointable iteration over a random-access source into global, sharded `jax.Array` batches.
+"""Checkpointable iteration over a source into global, sharded `jax.Array` batches, prefetched to device.
 
-Order: epoch e visits the source in `np.random.default_rng([seed, e]).permutation(N)` (or 0..N-1 without shuffle).
 The global batch is split into row blocks, one per distinct set of batch rows owned by a process (from the
-sharding: processes that hold the same rows read the same block). Reader r of R takes stream positions r, r+R,
-r+2R, ... of each epoch, so readers never share an example and together cover the epoch. A reader skips (and
-counts) rows its source reports invalid and reads further to fill its rows, so one bad file changes no other
-reader's data.
+sharding: processes that hold the same rows read the same block, usually one per `jax.process_index()`). Block r of
+R is read by reader r of R (see `reader.py` for the order, the worker processes and the state), so processes never
+share an example and together cover the data; a reader skips (and counts) rows its source reports invalid and reads
+further to fill its rows, so one bad file changes no other reader's data.
 
-State (JSON): {"epoch", "index" (position in this reader's share of the epoch), "step" (batches delivered),
-"skipped" (invalid rows skipped so far)}. `set_state(get_state())` on a fresh iterator continues with exactly
-the batches the old one would have produced. A background thread keeps `prefetch` batches on device ahead.
+State (JSON): the reader's position, "step" (batches delivered), "skipped" (unreadable rows so far) and
+"process_block" [r, R]. `set_state(get_state())` on a fresh iterator continues with exactly the batches the old
+one would have produced; a state saved with another number of readers is refused with one clear message (the
+shares would differ), not resharded. A background thread keeps `prefetch` batches on device ahead.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
-from input_pipeline import sources
-
-HostTransform = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+from input_pipeline import reader, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,53 +73,17 @@ class ReadPlan:
   """What one process reads and how it ships it; the prefetch thread holds only this, never the iterator,
   so a dropped iterator is garbage-collected and its thread stops."""
 
-  source: sources.Source
+  source: sources.AnySource
   sharding: jax.sharding.Sharding
   global_batch_size: int
   block: RowBlock
-  seed: int
-  shuffle: bool
-  repeat: bool
-  transform: HostTransform | None
-
-  @property
-  def batches_per_epoch(self) -> int:
-    return len(self.source) // self.global_batch_size
-
-  def epoch_share(self, epoch: int) -> np.ndarray:
-    """This reader's dataset indices for `epoch`, in visiting order."""
-    n = len(self.source)
-    order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-    return order[self.block.reader :: self.block.num_readers]
+  spec: reader.ReadSpec
+  runner: reader.TaskRunner
 
   def host_batches(self, state: dict) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
-    """Yields (this process's rows of the next batch, state after it), skipping unreadable rows."""
-    epoch, index, step, skipped = state["epoch"], state["index"], state["step"], state["skipped"]
-    share = self.epoch_share(epoch)
-    size = self.block.size
-    while self.repeat or step < self.batches_per_epoch:
-      parts, ids, got, read_without_valid = [], [], 0, 0
-      while got < size:
-        if index >= len(share):
-          epoch, index = epoch + 1, 0
-          share = self.epoch_share(epoch)
-        take = share[index : index + size - got]
-        columns, valid = self.source.read(take)
-        parts.append({k: v[valid] for k, v in columns.items()})
-        ids.append(np.stack([np.full(int(valid.sum()), epoch), take[valid]], -1))
-        n_valid = int(valid.sum())
-        got += n_valid
-        skipped += len(take) - n_valid
-        index += len(take)
-        read_without_valid = 0 if n_valid else read_without_valid + len(take)
-        if read_without_valid > len(self.source):
-          raise RuntimeError(f"No readable example in {len(self.source)} rows of the source.")
-      host = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-      if self.transform is not None:
-        host = self.transform(host, np.concatenate(ids))
-      host = {k: v for k, v in host.items() if k not in sources.string_columns(host)}
-      step += 1
-      yield host, {"epoch": epoch, "index": index, "step": step, "skipped": skipped}
+    """Yields (this process's rows of the next batch without text columns, state after it)."""
+    for host, after in reader.read_batches(self.source, self.spec, state, self.runner, self.block.size):
+      yield {k: v for k, v in host.items() if k not in sources.string_columns(host)}, after
 
   def to_device(self, host: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {
@@ -164,53 +126,79 @@ def _stop_running_iterators() -> None:
 
 
 class BatchIterator(Iterator[dict]):
-  """Python iterator of global batches: dict of `jax.Array`s with leading dim = global batch, sharded."""
+  """Python iterator of global batches: dict of `jax.Array`s with leading dim = global batch, sharded.
+
+  `workers` > 0 decodes and transforms in that many spawned processes, each rebuilding the source and the
+  transform with `worker_setup(*worker_args) -> (source, transform)`; the batches are the same as with 0.
+  """
 
   def __init__(
     self,
-    source: sources.Source,
+    source: sources.AnySource,
     *,
     global_batch_size: int,
     sharding: jax.sharding.Sharding,
     seed: int,
     shuffle: bool = True,
     repeat: bool = True,
-    transform: HostTransform | None = None,
+    transform: reader.HostTransform | None = None,
     prefetch: int = 2,
+    workers: int = 0,
+    shuffle_buffer: int = 1000,
+    worker_setup: Callable[..., tuple] | None = None,
+    worker_args: tuple = (),
   ):
     block = row_block(sharding, global_batch_size)
-    if len(range(block.reader, len(source), block.num_readers)) == 0:
-      raise ValueError(
-        f"The dataset has {len(source)} examples, fewer than the {block.num_readers} readers of the global batch."
-      )
-    self.plan = ReadPlan(source, sharding, global_batch_size, block, seed, shuffle, repeat, transform)
+    spec = reader.ReadSpec(
+      block.reader, block.num_readers, seed, shuffle, repeat, shuffle_buffer, chunk=min(block.size, 256)
+    )
+    reader.check_share(source, spec)
+    runner = reader.TaskRunner(source, transform, workers, worker_setup, worker_args)
+    self.plan = ReadPlan(source, sharding, global_batch_size, block, spec, runner)
     self.prefetch = prefetch
-    self._state = {"epoch": 0, "index": 0, "step": 0, "skipped": 0}
+    self._state = reader.initial_state(source)
     self._thread: threading.Thread | None = None
     self._queue: queue.Queue | None = None
     self._stop: threading.Event | None = None
 
   # -- state --------------------------------------------------------------------------------------------------
   def get_state(self) -> dict:
-    """JSON-serialisable position after the last batch returned by `next`."""
+    """JSON-serialisable position after the last batch returned by `next`; "skipped" counts every unreadable or
+    malformed row so far (including those dropped when the source was built)."""
     block = self.plan.block
-    return dict(self._state, process_block=[block.reader, block.num_readers])
+    state = dict(self._state, process_block=[block.reader, block.num_readers])
+    if isinstance(self.plan.source, sources.StreamSource):
+      state["shuffle_buffer"] = self.plan.spec.shuffle_buffer
+    state["skipped"] += self.plan.source.skipped_at_load
+    return state
 
   def set_state(self, state: dict) -> None:
-    """Continue exactly after the batch at which `state` was taken."""
+    """Continue exactly after the batch at which `state` was taken; ValueError for a state of another topology,
+    another kind of source or another shuffle buffer."""
     saved, block = state.get("process_block"), self.plan.block
     if saved is not None and list(saved) != [block.reader, block.num_readers]:
       raise ValueError(
-        f"Iterator state was saved by reader {saved[0]} of {saved[1]}; this process is reader "
-        f"{block.reader} of {block.num_readers}. Resume with the same topology."
+        f"The data position was saved by reader {saved[0]} of {saved[1]} (processes owning distinct batch rows); "
+        f"this process is reader {block.reader} of {block.num_readers}. Resume with the same number of processes "
+        "and devices, or start a new run from the checkpoint's parameters."
+      )
+    expected = reader.initial_state(self.plan.source)
+    if set(expected) - set(state):
+      raise ValueError(f"The data position {state} is not one of this source (keys {sorted(expected)}).")
+    buffer = state.get("shuffle_buffer", self.plan.spec.shuffle_buffer)
+    if buffer != self.plan.spec.shuffle_buffer:
+      raise ValueError(
+        f"The data position was saved with data.shuffle_buffer={buffer}, not {self.plan.spec.shuffle_buffer}: "
+        "the order of the records would differ. Resume with the same value."
       )
     self._shutdown()
-    self._state = {k: int(state[k]) for k in ("epoch", "index", "step", "skipped")}
+    self._state = {k: int(state[k]) for k in expected}
+    self._state["skipped"] -= self.plan.source.skipped_at_load
 
   @property
   def skipped(self) -> int:
     """Rows skipped: malformed at load plus unreadable while iterating."""
-    return self.plan.source.skipped_at_load + self._state["skipped"]
+    return self.get_state()["skipped"]
 
   # -- prefetching iteration ----------------------------------------------------------------------------------
   def __next__(self) -> dict[str, jax.Array]:
@@ -246,8 +234,9 @@ class BatchIterator(Iterator[dict]):
     _RUNNING.discard(self)
 
   def close(self) -> None:
-    """Stops the prefetch thread; `next` afterwards restarts it from the current state."""
+    """Stops the prefetch thread and the worker processes; `next` afterwards restarts them from the current state."""
     self._shutdown()
+    self.plan.runner.close()
 
   def __del__(self):
     if getattr(self, "_stop", None) is not None:

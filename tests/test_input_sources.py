@@ -144,8 +144,17 @@ def test_tfrecord_encoded_images(tmp_path, images, sharding):
   assert first_batch(c, sharding)[0]["label"].shape == (8,)
 
 
-def test_tfds_local_shapes_builder_matches_the_numpy_source(tmp_path, sharding):
+@pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])  # files streamed / tfds.data_source
+def test_tfds_local_shapes_builder_matches_the_numpy_source(tmp_path, sharding, file_format):
+  import tensorflow_datasets as tfds
+
+  from input_pipeline import shapes_tfds  # noqa: F401  (registers the builder)
+
+  tfds.builder("shapes/tiny", data_dir=str(tmp_path), file_format=file_format).download_and_prepare()
   c = config("tfds:shapes/tiny", data_dir=str(tmp_path), image_size=32)
+  streamed = isinstance(input_pipeline.sources.get_source(c, "test"), input_pipeline.sources.StreamSource)
+  assert streamed == (file_format == "tfrecord")
+  assert input_pipeline.class_names(c, "test") == list(shapes.CLASS_NAMES)
   data = input_pipeline.load_split(c, "test")
   expected = shapes.render(0, "test", np.arange(256))
   np.testing.assert_array_equal(data["image"], expected[0])
