@@ -58,3 +58,31 @@ def test_runner_reads_the_last_json_line_and_records_the_load():
     [sys.executable, "-c", "print('log line'); print('{\"images_per_s\": 2.5}')"], dict(os.environ), ROOT, timeout=60
   )
   assert record["images_per_s"] == 2.5 and "load_avg_1m_before" in record
+
+
+def test_ring_loss_at_a_million_pairs_needs_under_1_gib_per_device():
+  """SigLIP's largest batch (2^20) on 8 devices: compiled (not run) value and gradients of the CLIP ring loss."""
+  import jax
+  from jax.sharding import AxisType
+
+  from benchmarks import loss_memory
+
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  row = loss_memory.measure("clip", "ring", 2**20, 512, 256, mesh, timed=False, repeats=0)
+  assert row["temp_mib"] <= 1024 and row["gathered_embeddings_mib"] == 0.0
+
+
+ZEN4_CPUINFO = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 2600.000\nsiblings\t: 4\n"
+ZEN4_CPUINFO += "cpu cores\t: 2\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16\n\nprocessor\t: 1\n"
+
+
+def test_cpu_peak_counts_fma_pipes_lanes_and_clock_from_cpuinfo():
+  from train import perf
+
+  zen4 = perf.cpu_peak(ZEN4_CPUINFO, cores=2)  # AVX-512 on 256-bit pipes: 2 x 8 lanes x 2 FLOPs per cycle
+  assert zen4["peak_flops"] == 2 * 32 * 2.6e9 and "avx512f" in zen4["derivation"]
+  zen5 = perf.cpu_peak(ZEN4_CPUINFO.replace(": 25", ": 26"), cores=2)  # full 512-bit pipes
+  assert zen5["peak_flops"] == 2 * 64 * 2.6e9
+  zen3 = perf.cpu_peak(ZEN4_CPUINFO.replace(" avx512f avx512_bf16", ""), cores=1, clock_hz=3e9)
+  assert zen3["peak_flops"] == 32 * 3e9
+  assert perf.cpu_peak("processor\t: 0\n") is None
