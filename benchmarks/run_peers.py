@@ -201,6 +201,10 @@ def best_against_best(run: Runner, workload: str, allocators: dict, repeats: int
   best_ratios = [rate("ours", best["ours"][i], i) / rate("peer", best["peer"][i], i) for i in range(repeats)]
   same = {alloc: [rate("ours", alloc, i) / rate("peer", alloc, i) for i in range(repeats)] for alloc in allocators}
   rss = lambda who, alloc: [round(r["peak_rss_mb"]) for r in records[(who, alloc)]]
+  # The peer does the same math: our count of FLOPs per step (XLA's) over its step time gives its fraction of peak.
+  ours_first = records[("ours", next(iter(allocators)))][0]
+  flops, peak = ours_first.get("flops_per_step"), ours_first.get("cpu_peak_gflops_per_s")
+  fraction = lambda r: round(flops / r["step_s"] / (peak * 1e9), 4) if flops and peak else None
   return {
     "selection": selection,
     "best_vs_best": {
@@ -212,6 +216,7 @@ def best_against_best(run: Runner, workload: str, allocators: dict, repeats: int
     "same_settings": {alloc: {"ratios": [round(r, 3) for r in same[alloc]], **summary(same[alloc])} for alloc in same},
     "throughput": {f"{who}@{alloc}": [round(r[key], 2) for r in records[(who, alloc)]] for who, alloc in runs},
     "peak_rss_mb": {f"{who}@{alloc}": rss(who, alloc) for who, alloc in runs},
+    "fraction_of_cpu_peak": {f"{who}@{alloc}": [fraction(r) for r in records[(who, alloc)]] for who, alloc in runs},
     "load_avg_1m": {f"{who}@{alloc}": [r["load_avg_1m_before"] for r in records[(who, alloc)]] for who, alloc in runs},
     "runs": {f"{who}@{alloc}": records[(who, alloc)] for who, alloc in runs},
   }
