@@ -8,7 +8,8 @@ context 32, vocab 1000, width 256, 6 layers, 4 heads; both projected to 256; ope
 (`losses.clip_softmax_loss`, learnable logit scale); AdamW (lr 1e-4, weight decay 0.1); batch 128 of random images
 and tokens. The step is the trainer's (`train.step.make_train_step`) on the CLIP method (`methods.clip`).
 
-Environment: BATCH (128), STEPS (5 timed steps after one warm-up), THREADS, DEVICES, MALLOC as in simclr_step.py.
+Environment: BATCH (128), STEPS (5 timed steps after one warm-up), THREADS, DEVICES, MALLOC, SCHEDULER as in
+simclr_step.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.simclr_step import configure_host, env_int, peak_rss_mb, time_train_steps  # noqa: E402
+from benchmarks.simclr_step import (  # noqa: E402
+  configure_host,
+  env_int,
+  lowered_flops,
+  peak_rss_mb,
+  time_train_steps,
+  utilisation,
+)
 
 
 def clip_config(batch: int, *, tiny: bool = False):
@@ -68,10 +76,16 @@ def build_step(config):
 
 def main() -> None:
   batch, steps = env_int("BATCH", 128), env_int("STEPS", 5)
-  host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
+  host = configure_host(
+    env_int("THREADS", os.cpu_count()),
+    env_int("DEVICES", 1),
+    os.environ.get("MALLOC", "default"),
+    os.environ.get("SCHEDULER", "memory"),
+  )
   import jax
 
   step, state, data = build_step(clip_config(batch))
+  flops = lowered_flops(step, state, data)  # no loops in this step (one loss block): XLA's count is the whole step
   times, params = time_train_steps(step, state, data, steps)
   best = min(times)
   print(
@@ -85,6 +99,7 @@ def main() -> None:
         step_s_all=[round(t, 3) for t in times],
         params=params,
         peak_rss_mb=peak_rss_mb(),
+        **utilisation(flops, best),
         **host,
       )
     )

@@ -4,9 +4,16 @@ Runs value_and_grad of each loss inside shard_map on 8 fake CPU devices (embeddi
 512) and prints one JSON line per (loss, mode, global batch): XLA's compiled memory
 analysis per device (temp = the loss's working memory; arguments and outputs are the
 local embeddings and their gradients) and, where feasible on a small CPU, the time per
-step. A last line per loss compares chunked / ring to dense at the largest batch.
+step. Memory needs only compilation, so the largest batch (1,048,576 = SigLIP's largest)
+costs seconds. Beside the measured figures, each row gives the sizes that bound it:
+`local_rows` n = N / devices, `local_embedding_mib` (one local [n, D] float32 array: an
+embedding or its gradient accumulator), `logit_block_mib` (one float32 block of logits,
+[n, chunk] streamed, [n, N] dense) and `gathered_embeddings_mib` (both [N, D] embeddings,
+which only the dense mode gathers: chunked all-gathers chunk / devices rows of every
+device per step, ring passes chunk rows around). A last line per loss compares chunked /
+ring to dense at the largest batch.
 
-  python benchmarks/loss_memory.py [--batches 4096,16384,65536] [--time_up_to 4096]
+  python benchmarks/loss_memory.py [--batches 4096,16384,65536,1048576] [--time_up_to 4096]
 """
 
 import os
@@ -49,6 +56,8 @@ def measure(loss, mode, global_batch, dim, chunk_size, mesh, timed, repeats):
   compiled = step.lower(emb, emb, *(scalar,) * scalars).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
+  local_rows = global_batch // mesh.size
+  block_columns = {"dense": global_batch, "chunked": max(1, chunk_size // mesh.size) * mesh.size}.get(mode, chunk_size)
   row = {
     "loss": loss,
     "mode": mode,
@@ -63,6 +72,10 @@ def measure(loss, mode, global_batch, dim, chunk_size, mesh, timed, repeats):
       (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes) / MIB,
       2,
     ),
+    "local_rows": local_rows,
+    "local_embedding_mib": round(local_rows * dim * 4 / MIB, 2),
+    "logit_block_mib": round(local_rows * min(block_columns, global_batch) * 4 / MIB, 2),
+    "gathered_embeddings_mib": round(2 * global_batch * dim * 4 / MIB, 2) if mode == "dense" else 0.0,
     "compile_s": round(compile_s, 2),
     "step_s": None,
   }
@@ -83,7 +96,7 @@ def measure(loss, mode, global_batch, dim, chunk_size, mesh, timed, repeats):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batches", default="4096,16384,65536", help="global batch sizes")
+  parser.add_argument("--batches", default="4096,16384,65536,1048576", help="global batch sizes")
   parser.add_argument("--dim", type=int, default=512)
   parser.add_argument("--chunk_size", type=int, default=256)
   parser.add_argument("--time_up_to", type=int, default=4096, help="time steps only up to this global batch")
@@ -109,6 +122,7 @@ def main():
         print(json.dumps(row), flush=True)
         if global_batch == max(batches):
           largest[mode] = row["temp_mib"]
+          largest[f"{mode}_peak"] = row["peak_mib"]
     print(
       json.dumps(
         {
@@ -117,6 +131,8 @@ def main():
           "global_batch": max(batches),
           "chunked_over_dense": round(largest["chunked"] / largest["dense"], 4),
           "ring_over_dense": round(largest["ring"] / largest["dense"], 4),
+          "ring_temp_under_1_gib": largest["ring"] <= 1024,
+          "peak_mib": {mode: largest[f"{mode}_peak"] for mode in ("dense", "chunked", "ring")},
         }
       ),
       flush=True,

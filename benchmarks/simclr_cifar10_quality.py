@@ -10,8 +10,9 @@ images drawn with replacement. Ours: the SimCLR method (`methods.simclr`, augmen
 the trainer's step; the budget includes compilation. kNN memory bank: the KNN_TRAIN (default all 50,000) first training
 images, scored on the KNN_TEST (default all 10,000) first test images.
 
-Environment: BUDGET_S (900), BATCH (256), CONV ("blocked"), THREADS, MALLOC, DATA (the npz, default
-../shared/data/cifar10.npz; absent -> prints a JSON line saying it skipped, exit 0).
+Environment: BUDGET_S (900), BATCH (256), CONV ("blocked"), THREADS, DEVICES, MALLOC, SCHEDULER (as in
+simclr_step.py), DATA (the npz, default ../shared/data/cifar10.npz; absent -> prints a JSON line saying it skipped,
+exit 0).
 """
 
 from __future__ import annotations
@@ -105,7 +106,12 @@ def main() -> None:
   if not os.path.exists(data_path):
     print(json.dumps(dict(workload="simclr_cifar10_quality", skipped=f"no CIFAR-10 npz at {data_path}")))
     return
-  host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
+  host = configure_host(
+    env_int("THREADS", os.cpu_count()),
+    env_int("DEVICES", 1),
+    os.environ.get("MALLOC", "default"),
+    os.environ.get("SCHEDULER", "memory"),
+  )
   import jax
 
   import input_pipeline

@@ -11,8 +11,9 @@ metrics) around the SimCLR method's encoder and loss stages.
 Environment: BATCH (256), STEPS (3 timed steps after one warm-up), THREADS (cores to run on, default all),
 CONV ("blocked", "xla" or "auto": the ResNet's conv lowering, models.conv), ACCUM (micro-batches per step; >1 = the
 trainer's cached (GradCache) accumulation: full-batch negatives and gradient, BatchNorm statistics per micro-batch),
-DEVICES (host devices the batch is split over, default 1), MALLOC ("default" or "tuned", see `tune_malloc`). A faster
-allocator is a process setting: run_peers.py --preload gives one to both ours and the peer.
+DEVICES (host devices the batch is split over, default 1), MALLOC ("default" or "tuned", see `tune_malloc`),
+SCHEDULER ("memory", default: XLA:CPU's concurrency-optimised scheduler off, see CPU_SCHEDULER_FLAG; "concurrency"). A
+faster allocator is a process setting: run_peers.py --preload gives one to both ours and the peer.
 """
 
 from __future__ import annotations
@@ -45,17 +46,34 @@ def tune_malloc() -> bool:
   return all(libc.mallopt(_MALLOPT[name], value) == 1 for name, value in settings.items())
 
 
-def configure_host(threads: int, devices: int, malloc: str) -> dict:
-  """Process-wide settings of a CPU benchmark, applied before JAX initialises; returns them for the JSON record."""
+# XLA:CPU's concurrency-optimised scheduler starts independent work early: in the ResNet-18 step it allocated the
+# backward loops' output buffers during the forward pass, beside every saved activation (compiled temporaries 4.9 GB
+# vs 3.8 GB with XLA's other scheduler, 512 images; benchmarks/README.md). XLA reads it from XLA_FLAGS only (a
+# per-compile option is ignored), so it is a process setting.
+CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
+
+
+def configure_host(threads: int, devices: int, malloc: str, scheduler: str = "memory") -> dict:
+  """Process-wide settings of a CPU benchmark, applied before JAX initialises; returns them for the JSON record.
+
+  scheduler: "memory" turns XLA:CPU's concurrency-optimised scheduler off (unless XLA_FLAGS already sets it),
+  "concurrency" leaves XLA's default.
+  """
   if threads < os.cpu_count():
     os.sched_setaffinity(0, range(threads))  # XLA:CPU sizes its thread pools by the cores it may run on
+  flags = os.environ.get("XLA_FLAGS", "")
   if devices > 1:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    flags += f" --xla_force_host_platform_device_count={devices}"
+  if scheduler == "memory" and CPU_SCHEDULER_FLAG not in flags:
+    flags += f" {CPU_SCHEDULER_FLAG}=false"
+  os.environ["XLA_FLAGS"] = flags.strip()
   tuned = malloc == "tuned" and tune_malloc()
   return {
     "threads": threads,
     "host_devices": devices,
     "malloc": "tuned" if tuned else "default",
+    "preload": os.environ.get("LD_PRELOAD", ""),
+    "scheduler": scheduler,
     "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),
   }
 
@@ -65,15 +83,20 @@ def peak_rss_mb() -> float:
 
 
 def time_train_steps(step, state, data, steps: int) -> tuple[list[float], int]:
-  """(seconds of each of `steps` train steps after one warm-up step, parameter count); the state is donated and
-  threaded through, each step blocked on until its loss is ready."""
+  """(seconds of each of `steps` train steps after one warm-up step, parameter count): the step compiled ahead (and
+  the memory compiling freed handed back, as the trainer does), the state donated and threaded through, each step
+  blocked on until its loss is ready."""
   import jax
 
+  from train import perf
+
+  compiled = step.lower(state, data).compile()
+  perf.release_freed_host_memory()
   holder = [state]
   times = []
   for i in range(steps + 1):
     start = time.perf_counter()
-    holder[0], metrics = step(holder[0], data)
+    holder[0], metrics = compiled(holder[0], data)
     jax.block_until_ready(metrics["loss"])
     if i:
       times.append(time.perf_counter() - start)
@@ -107,17 +130,14 @@ def simclr_config(batch: int, *, conv: str = "blocked", accum: int = 1, tiny: bo
   return c
 
 
-def build_step(config, views):
-  """(step, state) for random `views` [B, 2, 32, 32, 3]: the trainer's jitted step on the SimCLR method, whose
-  augmentation stage is replaced by the given views (as the peer's random tensors)."""
+def _method_and_optimizer(config):
+  """(mesh, method, tx, learning rate): the SimCLR method whose augmentation stage is replaced by given views."""
   import dataclasses
 
-  import jax
   import methods
   from methods.base import compose_loss
   from parallel import mesh as mesh_lib
   from train import optim
-  from train import step as step_lib
 
   mesh = mesh_lib.build_mesh(config.mesh)
   mesh_lib.check_batch_size(config.batch_size, mesh, config.grad_accum_steps)
@@ -127,16 +147,82 @@ def build_step(config, views):
     simclr, prepare_fn=given_views, loss_fn=compose_loss(given_views, simclr.encode_fn, simclr.embedding_loss_fn)
   )
   tx, lr = optim.make_optimizer(config.optimizer, 1000, config.batch_size)
-  state, shardings = step_lib.create_train_state(config, method, tx, mesh, {"image": views[:, 0]})
-  step = step_lib.make_train_step(
+  return mesh, method, tx, lr
+
+
+def _train_step(config, method, tx, shardings, lr):
+  from train import step as step_lib
+
+  return step_lib.make_train_step(
     method, tx, shardings, lr, accum_steps=config.grad_accum_steps, accum_mode=config.grad_accum_mode
   )
+
+
+def build_step(config, views):
+  """(step, state, data) for random `views` [B, 2, 32, 32, 3]: the trainer's jitted step on the SimCLR method, whose
+  augmentation stage is replaced by the given views (as the peer's random tensors)."""
+  import jax
+  from parallel import mesh as mesh_lib
+  from train import step as step_lib
+
+  mesh, method, tx, lr = _method_and_optimizer(config)
+  state, shardings = step_lib.create_train_state(config, method, tx, mesh, {"image": views[:, 0]})
+  step = _train_step(config, method, tx, shardings, lr)
   return step, state, jax.device_put({"views": views}, mesh_lib.batch_sharding(mesh))
+
+
+def model_flops(config, views) -> float:
+  """FLOPs of one step's math (all devices): XLA's cost analysis of the lowered step with XLA's own convolutions and
+  no accumulation, from shapes only (nothing compiled or allocated).
+
+  XLA counts a loop body once, so the blocked convolutions' loops (models/conv.py) and the micro-batch scan would be
+  undercounted in the step that runs; the math is the same in every lowering, so this count is the work done.
+  """
+  import copy
+
+  import jax
+  from parallel import mesh as mesh_lib
+  from train import step as step_lib
+
+  config = copy.deepcopy(config)
+  config.model.conv_impl, config.grad_accum_steps = "xla", 1
+  mesh, method, tx, lr = _method_and_optimizer(config)
+  shapes, shardings = step_lib.abstract_train_state(config, method, tx, mesh, {"image": views[:, 0]})
+  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  data = {"views": jax.ShapeDtypeStruct(views.shape, views.dtype, sharding=mesh_lib.batch_sharding(mesh))}
+  return lowered_flops(_train_step(config, method, tx, shardings, lr), state, data)
+
+
+def lowered_flops(step, state, data) -> float:
+  """FLOPs of `step(state, data)` over all devices, from XLA's cost analysis of the lowered (not yet partitioned or
+  compiled) computation: a multiply-add counts 2."""
+  cost = step.lower(state, data).cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def utilisation(flops_per_step: float, step_s: float) -> dict:
+  """Achieved FLOP/s of a step against this CPU's float32 peak (train.perf.cpu_peak), for the JSON record."""
+  from train import perf
+
+  achieved = flops_per_step / step_s
+  peak = perf.cpu_peak()
+  return {
+    "flops_per_step": flops_per_step,
+    "achieved_gflops_per_s": round(achieved / 1e9, 2),
+    "cpu_peak_gflops_per_s": round(peak["peak_flops"] / 1e9, 1) if peak else None,
+    "fraction_of_peak": round(achieved / peak["peak_flops"], 4) if peak else None,
+    "peak_derivation": peak["derivation"] if peak else "unknown CPU",
+  }
 
 
 def main() -> None:
   batch, steps = env_int("BATCH", 256), env_int("STEPS", 3)
-  host = configure_host(env_int("THREADS", os.cpu_count()), env_int("DEVICES", 1), os.environ.get("MALLOC", "default"))
+  host = configure_host(
+    env_int("THREADS", os.cpu_count()),
+    env_int("DEVICES", 1),
+    os.environ.get("MALLOC", "default"),
+    os.environ.get("SCHEDULER", "memory"),
+  )
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import numpy as np
@@ -145,6 +231,7 @@ def main() -> None:
   config = simclr_config(batch, conv=conv, accum=accum)
   views = np.random.default_rng(0).standard_normal((batch, 2, 32, 32, 3), dtype=np.float32)
   step, state, data = build_step(config, views)
+  flops = model_flops(config, views)
   times, params = time_train_steps(step, state, data, steps)
   best = min(times)
   print(
@@ -161,6 +248,7 @@ def main() -> None:
         accum=accum,
         params=params,
         peak_rss_mb=peak_rss_mb(),
+        **utilisation(flops, best),
         **host,
       )
     )

@@ -7,7 +7,9 @@ Both modules take the same constructor arguments and hold the same parameters ("
 Why "blocked": on XLA:CPU a convolution's weight gradient is lowered to a convolution whose window is the whole image,
 plus transposes of the activations; in a ResNet-18 step on a 2-core host these took about 60% of the time. The blocked
 lowering computes the weight gradient as im2col(x)^T @ dy, and every pass (forward, input and weight gradient) over
-blocks of a few images at a time (`lax.map` / `lax.scan`), so each block's patches and outputs stay in the CPU caches.
+blocks of a few images at a time (a `fori_loop` over dynamic slices, writing each block's result in place), so each
+block's patches and outputs stay in the CPU caches; the backward pass computes both gradients of a block in one loop
+step, so each block of dy is read once.
 With the batch sharded over several devices, each loop step takes one block of every device's rows and the weight
 gradient is carried as per-device partial sums, so no collective runs inside a loop (per-block all-reduces there hung
 XLA:CPU's rendezvous with two host devices); the partial sums are reduced once, after the loop.
@@ -62,31 +64,44 @@ def _layout(batch: int, pixels_per_image: int, block_rows: int) -> tuple[int, in
   return shards, _images_per_block(batch // shards, pixels_per_image, block_rows)
 
 
-def _blocks(x: jax.Array, shards: int, size: int) -> jax.Array:
-  """[B, ...] -> [num_blocks, shards, size, ...]: block i holds rows i * size ... (i + 1) * size - 1 of every shard's
-  contiguous range, so with the batch sharded over devices each device loops over its own rows only."""
-  x = x.reshape((shards, -1, size) + x.shape[1:])
-  return x.swapaxes(0, 1)
+def _shard_rows(x: jax.Array, shards: int) -> jax.Array:
+  """[B, ...] -> [shards, B / shards, ...]: shard s holds the contiguous rows of device s (a reshape, no copy)."""
+  return x.reshape((shards, -1) + x.shape[1:])
 
 
-def _unblocks(x: jax.Array) -> jax.Array:
-  """Inverse of `_blocks`."""
-  return x.swapaxes(0, 1).reshape((-1,) + x.shape[3:])
+def _take_block(x: jax.Array, i, size: int) -> jax.Array:
+  """Block i of `size` rows of every shard of x [shards, rows, ...] -> [shards * size, ...]."""
+  block = jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=1)
+  return block.reshape((-1,) + block.shape[2:])
 
 
-def _merge(x: jax.Array) -> jax.Array:
-  """[shards, size, ...] -> [shards * size, ...]."""
-  return x.reshape((-1,) + x.shape[2:])
+def _per_block(fn: Callable, shards: int, size: int, *arrays: jax.Array):
+  """Runs fn over blocks of `size` rows of every shard of each array, one block after the other.
 
-
-def _per_block(fn: Callable, shards: int, size: int, *arrays: jax.Array) -> jax.Array:
-  """fn over blocks of `size` rows of every shard of each array, one block after the other (lax.map); the outputs
-  in the original order."""
+  fn(*blocks) -> (rows [shards * size, ...], partial [shards, ...]); returns (the rows of all blocks in the original
+  order, the sum of the partials over blocks). The blocks are dynamic slices of the inputs and each block's rows are
+  written in place into one output buffer (a fori_loop carry): no blocked copy of an input, no stacked copy of the
+  outputs.
+  """
   if shards * size == arrays[0].shape[0]:
     return fn(*arrays)
-  blocks = tuple(_blocks(a, shards, size) for a in arrays)
-  out = jax.lax.map(lambda block: fn(*map(_merge, block)), blocks)
-  return _unblocks(out.reshape((out.shape[0], shards, size) + out.shape[2:]))
+  split = [_shard_rows(a, shards) for a in arrays]
+  rows = split[0].shape[1]
+  out, part = jax.eval_shape(fn, *(_take_block(a, 0, size) for a in split))
+  out_shape = (shards, rows) + out.shape[1:]
+
+  def body(i, carry):
+    acc, total = carry
+    y, partial = fn(*(_take_block(a, i, size) for a in split))
+    acc = jax.lax.dynamic_update_slice_in_dim(acc, y.reshape((shards, size) + y.shape[1:]), i * size, axis=1)
+    return acc, jax.tree.map(jnp.add, total, partial)
+
+  # Every row of the output buffer is overwritten, so it starts as a broadcast of any value: one of the last input,
+  # which (unlike a constant zero) XLA cannot share between loops and keep alive for the whole step.
+  start = jnp.broadcast_to(arrays[-1].reshape(-1)[0].astype(out.dtype), out_shape)
+  init = (start, jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), part))
+  result, total = jax.lax.fori_loop(0, rows // size, body, init)
+  return result.reshape((-1,) + out_shape[2:]), total
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -116,7 +131,8 @@ def _conv_blocked_fwd(x, kernel, strides, padding, block_rows):
   h_out = (x.shape[1] + sum(padding[0]) - kh) // strides[0] + 1
   w_out = (x.shape[2] + sum(padding[1]) - kw) // strides[1] + 1
   shards, size = _layout(x.shape[0], h_out * w_out, block_rows)
-  return _per_block(lambda xb: _conv(xb, kernel, strides, padding), shards, size, x), (x, kernel)
+  y, _ = _per_block(lambda xb: (_conv(xb, kernel, strides, padding), ()), shards, size, x)
+  return y, (x, kernel)
 
 
 def _conv_blocked_bwd(strides, padding, block_rows, residuals, dy):
@@ -125,35 +141,26 @@ def _conv_blocked_bwd(strides, padding, block_rows, residuals, dy):
   shards, size = _layout(dy.shape[0], dy.shape[1] * dy.shape[2], block_rows)
   patches = lambda xb: im2col_patches(xb, (kh, kw), strides, padding)
   flat_kernel = kernel.reshape(kh * kw * c_in, c_out)
+  # The input gradient of a stride-1 convolution is a stride-1 convolution of dy with the flipped, transposed
+  # kernel: XLA's fast forward path, unlike the dilated form autodiff would emit for strided convolutions.
+  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding))
 
-  def add_block(dkernel, block):
-    # [shards, size, ...] blocks: the contraction stays within each shard (a batched matmul over shards), so a
-    # sharded batch needs no collective inside the loop.
-    xb, dyb = block
-    xb_patches = patches(_merge(xb)).reshape(xb.shape[:2] + dyb.shape[2:4] + (-1,))
-    return dkernel + jnp.einsum("sbhwk,sbhwo->sko", xb_patches, dyb, preferred_element_type=jnp.float32), None
+  def block_grads(xb, dyb):
+    """(dx, per-shard dkernel) of one block: both gradients in one pass, so each dy block is read once and dies."""
+    if tuple(strides) == (1, 1):
+      xb_patches, dxb = patches(xb), _conv(dyb, flipped, (1, 1), pads)
+    else:
+      xb_patches, im2col_transpose = jax.vjp(patches, xb)
+      dxb = im2col_transpose(jnp.einsum("bhwo,ko->bhwk", dyb, flat_kernel))[0]
+    # The contraction stays within each shard (a batched matmul over shards): a sharded batch needs no collective
+    # inside the loop.
+    by_shard = lambda a: a.reshape((shards, -1) + a.shape[1:])
+    dkernel = jnp.einsum("sbhwk,sbhwo->sko", by_shard(xb_patches), by_shard(dyb), preferred_element_type=jnp.float32)
+    return dxb, dkernel
 
-  zeros = jnp.zeros((shards,) + flat_kernel.shape, jnp.float32)
-  blocks = (_blocks(x, shards, size), _blocks(dy, shards, size))
-  if blocks[0].shape[0] == 1:
-    partial_dkernel, _ = add_block(zeros, (blocks[0][0], blocks[1][0]))
-  else:
-    partial_dkernel, _ = jax.lax.scan(add_block, zeros, blocks)
+  dx, partial_dkernel = _per_block(block_grads, shards, size, x, dy)
   dkernel = jnp.sum(partial_dkernel, axis=0)
-
-  if tuple(strides) == (1, 1):
-    # The input gradient of a stride-1 convolution is a stride-1 convolution of dy with the flipped, transposed
-    # kernel: XLA's fast forward path, unlike the dilated form autodiff would emit for strided convolutions.
-    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-    pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding))
-    dx = _per_block(lambda dyb: _conv(dyb, flipped, (1, 1), pads), shards, size, dy)
-  else:
-
-    def input_grad(xb, dyb):
-      _, im2col_transpose = jax.vjp(patches, xb)
-      return im2col_transpose(jnp.einsum("bhwo,ko->bhwk", dyb, flat_kernel))[0]
-
-    dx = _per_block(input_grad, shards, size, x, dy)
   return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 

@@ -58,3 +58,76 @@ def test_runner_reads_the_last_json_line_and_records_the_load():
     [sys.executable, "-c", "print('log line'); print('{\"images_per_s\": 2.5}')"], dict(os.environ), ROOT, timeout=60
   )
   assert record["images_per_s"] == 2.5 and "load_avg_1m_before" in record
+
+
+def test_ring_loss_at_a_million_pairs_needs_under_1_gib_per_device():
+  """SigLIP's largest batch (2^20) on 8 devices: compiled (not run) value and gradients of the CLIP ring loss."""
+  import jax
+  from jax.sharding import AxisType
+
+  from benchmarks import loss_memory
+
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  row = loss_memory.measure("clip", "ring", 2**20, 512, 256, mesh, timed=False, repeats=0)
+  assert row["temp_mib"] <= 1024 and row["gathered_embeddings_mib"] == 0.0
+
+
+ZEN4_CPUINFO = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 2600.000\nsiblings\t: 4\n"
+ZEN4_CPUINFO += "cpu cores\t: 2\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16\n\nprocessor\t: 1\n"
+
+
+def test_cpu_peak_counts_fma_pipes_lanes_and_clock_from_cpuinfo():
+  from train import perf
+
+  zen4 = perf.cpu_peak(ZEN4_CPUINFO, cores=2)  # AVX-512 on 256-bit pipes: 2 x 8 lanes x 2 FLOPs per cycle
+  assert zen4["peak_flops"] == 2 * 32 * 2.6e9 and "avx512f" in zen4["derivation"]
+  zen5 = perf.cpu_peak(ZEN4_CPUINFO.replace(": 25", ": 26"), cores=2)  # full 512-bit pipes
+  assert zen5["peak_flops"] == 2 * 64 * 2.6e9
+  zen3 = perf.cpu_peak(ZEN4_CPUINFO.replace(" avx512f avx512_bf16", ""), cores=1, clock_hz=3e9)
+  assert zen3["peak_flops"] == 32 * 3e9
+  assert perf.cpu_peak("processor\t: 0\n") is None
+
+
+def test_gpu_batch_search_takes_the_largest_batch_that_fits():
+  from types import SimpleNamespace
+
+  from benchmarks import gpu_step
+
+  class Compiled:  # 100 bytes of state (donated) + 50 fixed and 10 per example of temporaries
+    def __init__(self, batch):
+      self.batch = batch
+
+    def memory_analysis(self):
+      temp = 50 + 10 * self.batch
+      return SimpleNamespace(
+        argument_size_in_bytes=100, output_size_in_bytes=100, alias_size_in_bytes=100, temp_size_in_bytes=temp
+      )
+
+  batch, compiled, tried = gpu_step.largest_batch(Compiled, limit=1000, granule=8, cap=1024)
+  assert batch == compiled.batch == 72  # 100 + 50 + 10 b <= 900
+  assert [t["batch"] for t in tried] == [8, 16, 72]
+  assert gpu_step.largest_batch(Compiled, limit=1000, granule=8, cap=40)[0] == 40
+
+
+def test_gpu_script_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
+  """benchmarks/gpu.sh with GPU_BENCH_SIZE=tiny on one CPU device: every workload prints its line (the torch peer
+  skips without torch / timm) and nothing imports TensorFlow."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as one GPU
+  cache = os.path.join(os.environ.get("TMPDIR", "/tmp"), "jax_cache_contrastive")  # the suite's, see conftest.py
+  env.update(
+    GPU_BENCH_SIZE="tiny",
+    CLIP_BATCH="16",  # the batch search is tested above; here it would cost two more compilations
+    OUT=str(tmp_path),
+    PYTHON=sys.executable,
+    JAX_DEFAULT_PRNG_IMPL="rbg",  # XLA:CPU compiles threefry initialisers slowly
+    JAX_COMPILATION_CACHE_DIR=cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+  )
+  subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu.sh")], env=env, timeout=600, check=True)
+  rows = {r["workload"]: r for r in map(json.loads, open(tmp_path / "gpu_results.jsonl"))}
+  clip, simclr = rows["clip_vit_b16_bf16"], rows["simclr_resnet50_224_bf16"]
+  assert clip["batch"] == 16 and clip["examples_per_s"] > 0 and clip["mfu"] > 0 and clip["loss_mode"] == "chunked"
+  assert simclr["examples_per_s"] > 0 and simclr["model_flops_per_step"] > 0
+  assert clip["absent_on_gpu_imported"] == simclr["absent_on_gpu_imported"] == []  # no TensorFlow, tfds, grain, clu
+  torch_row = rows["clip_vit_b16_bf16_torch"]
+  assert "skipped" in torch_row or torch_row["batch"] == 16

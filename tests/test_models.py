@@ -248,3 +248,51 @@ def test_gelu_equals_jax_exact_gelu_in_value_and_gradient():
   grad = lambda f: jax.vmap(jax.grad(f))(x)
   np.testing.assert_allclose(grad(gelu), grad(lambda v: jax.nn.gelu(v, approximate=False)), atol=2e-6)
   assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("residual, relu", [(False, False), (True, True)])
+def test_fused_batchnorm_equals_nn_batchnorm_then_residual_and_relu(residual, relu):
+  """models.norm.BatchNorm vs nn.BatchNorm (two-pass variance) + residual + ReLU: outputs, gradients of y, params and
+  residual, and the running statistics, in train and eval mode. float64, so the two orders of the same sums agree to
+  rounding."""
+  import flax.linen as nn
+  from models.norm import BatchNorm
+
+  kw = dict(momentum=0.9, epsilon=1e-5, dtype=jnp.float64, param_dtype=jnp.float64, name="bn")
+
+  class Reference(nn.Module):
+    train: bool
+
+    @nn.compact
+    def __call__(self, y, r):
+      z = nn.BatchNorm(use_running_average=not self.train, use_fast_variance=False, **kw)(y) + r
+      return nn.relu(z) if relu else z
+
+  class Fused(nn.Module):
+    train: bool
+
+    @nn.compact
+    def __call__(self, y, r):
+      return BatchNorm(use_running_average=not self.train, **kw)(y, r if residual else None, relu=relu)
+
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    y, w, r = (jnp.asarray(rng.normal(size=(4, 3, 3, 5)) * 3 + 1) for _ in range(3))
+    r = r if residual else jnp.zeros_like(y)
+    variables = {
+      "params": {"bn": {"scale": jnp.linspace(0.5, 1.5, 5), "bias": jnp.linspace(-1, 1, 5)}},
+      "batch_stats": {"bn": {"mean": jnp.linspace(-1, 1, 5), "var": jnp.linspace(1, 2, 5)}},
+    }
+
+    def grads_and_stats(model):
+      def loss(params, y, r):
+        out, stats = model.apply({**variables, "params": params}, y, r, mutable=["batch_stats"])
+        return jnp.sum(out * w), (out, stats)
+
+      return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(variables["params"], y, r)
+
+    for train in (True, False):
+      ours, theirs = grads_and_stats(Fused(train)), grads_and_stats(Reference(train))
+      if not residual:  # the reference adds zeros, which the fused module never sees
+        ours, theirs = (ours[0][:2], ours[1]), (theirs[0][:2], theirs[1])
+      chex.assert_trees_all_close(ours, theirs, rtol=1e-12, atol=1e-12)

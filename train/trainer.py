@@ -101,6 +101,7 @@ def train_and_evaluate(
     evaluate(run, state, 0, writer, names=evaluators.due(run.evals, 0, start=True))
   # Compile once, ahead of the loop: the executable reports its FLOPs and memory per device.
   compiled_step = train_step.lower(state, run.first_batch).compile()
+  perf.release_freed_host_memory()  # what compiling freed, before the step's buffers come on top
   logger = _StepLogger(config, writer, perf.compiled_stats(compiled_step), start)
   first, last = config.profile_steps
   profiler = perf.ProfileWindow(
