@@ -47,7 +47,8 @@ def _upsampled_logits(params, f, size: int):
 
 def _pixel_loss(params, f, masks, weight_decay):
   logits = _upsampled_logits(params, f, masks.shape[1])
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, masks.astype(jnp.int32)).mean()
+  # One-hot targets: the integer-label form's gather transposes to a scatter that XLA spends seconds constant-folding.
+  ce = optax.softmax_cross_entropy(logits, jax.nn.one_hot(masks, logits.shape[-1])).mean()
   return ce + 0.5 * weight_decay * jnp.sum(params["w"] ** 2)
 
 

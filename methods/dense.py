@@ -4,7 +4,9 @@ momentum (EMA) encoder at the pixels where the two crops overlap.
 
 Positives: feature-map pixels of the two views whose centres lie closer than config.dense.distance_threshold
 feature bins in the original image (`losses.crop_pixel_distance` of the views' crop boxes from
-`input_pipeline.augment_dense.boxed_views`). Loss: `losses.pixpro`, both directions, averaged over the global batch.
+`input_pipeline.augment_dense.boxed_views`). Loss (config.loss.name): `pixpro`, both directions, averaged over the
+global batch; or `pixel_contrast` (PixContrast, same paper: InfoNCE of each view's online pixel projections against
+the other view's momentum projections, the other pixels (and with image_negatives, other images) as negatives).
 extra = {"key_params": EMA of params} (checkpointed with the state), updated after each optimizer step:
 key_params <- m key_params + (1 - m) params. The loss is a mean of per-image terms with no negatives, so gradient
 accumulation in micro-batches is exact.
@@ -63,14 +65,15 @@ def build(config, mesh: Mesh) -> Method:
   encoder = EncoderWithHead(backbone=backbone, head=config.head.to_dict())
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   augment = config.augment.to_dict()
-  if config.loss.name != "pixpro":
-    raise ValueError(f"The dense method's loss.name must be 'pixpro', got {config.loss.name!r}.")
-  pixpro, hyper = loss_from_config(config.loss)
-  loss = on_mesh(pixpro, mesh, num_inputs=5, **hyper)
+  if config.loss.name not in ("pixpro", "pixel_contrast"):
+    raise ValueError(f"The dense method's loss.name must be 'pixpro' or 'pixel_contrast', got {config.loss.name!r}.")
+  propagate = config.loss.name == "pixpro"  # PixContrast compares the projections themselves: no propagation module
+  pixel_loss, hyper = loss_from_config(config.loss)
+  loss = on_mesh(pixel_loss, mesh, num_inputs=5 if propagate else 3, **hyper)
   momentum = dense.momentum
 
   def init(rng, batch):
-    variables = model.init(rng, normalize_images(batch["image"][:2], mean, std), train=False)
+    variables = model.init(rng, normalize_images(batch["image"][:2], mean, std), train=False, propagate=propagate)
     params = variables.pop("params")
     return params, dict(variables), {"key_params": params}
 
@@ -79,16 +82,20 @@ def build(config, mesh: Mesh) -> Method:
     # Example-major [2B, H, W, 3] (x0_v0, x0_v1, x1_v0, ...): both views of an example stay on its device.
     x = normalize_images(jnp.swapaxes(views, 0, 1).reshape((-1,) + views.shape[2:]), mean, std)
     variables = {"params": params, **model_state}
-    (fmap, _, y), new_state = model.apply(variables, x, train=True, mutable=list(model_state))
+    (fmap, z, y), new_state = model.apply(variables, x, train=True, propagate=propagate, mutable=list(model_state))
     # Targets: the momentum encoder's projections, with this batch's statistics (running averages not kept).
     (_, t, _), _ = model.apply(
       {"params": extra["key_params"], **model_state}, x, train=True, propagate=False, mutable=list(model_state)
     )
     size = fmap.shape[1:3]
     positive = losses.crop_pixel_distance(boxes[0], boxes[1], size, size) < dense.distance_threshold
-    y = y.astype(jnp.float32).reshape((-1, 2) + y.shape[1:])
     t = jax.lax.stop_gradient(t.astype(jnp.float32)).reshape((-1, 2) + t.shape[1:])
-    value = loss(y[:, 0], y[:, 1], t[:, 0], t[:, 1], positive)
+    if propagate:
+      y = y.astype(jnp.float32).reshape((-1, 2) + y.shape[1:])
+      value = loss(y[:, 0], y[:, 1], t[:, 0], t[:, 1], positive)
+    else:  # each view's online pixels against the other view's momentum pixels, both ways
+      z = z.astype(jnp.float32).reshape((-1, 2) + z.shape[1:])
+      value = 0.5 * (loss(z[:, 0], t[:, 1], positive) + loss(z[:, 1], t[:, 0], jnp.swapaxes(positive, 1, 2)))
     overlap = jnp.mean(jnp.any(positive, axis=(1, 2)))
     return value, (dict(new_state), extra, {"loss": value, "overlapping_views": overlap})
 

@@ -53,7 +53,10 @@ def _example_major(loss):
 def build(config, mesh: Mesh) -> Method:
   model = encoder_with_head(config)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
-  loss_fn, loss_hyper = loss_from_config(config.loss)
+  try:
+    loss_fn, loss_hyper = loss_from_config(config.loss)
+  except ValueError as e:  # e.g. --config.loss.name=barlow_twins on a recipe whose loss block has a temperature
+    raise ValueError(f"{e} configs/simclr_shapes.py has an argument per objective that sets its loss block.") from None
   name, num_views = config.loss.name, config.simclr.num_views
   if num_views < 2 or (num_views != 2 and name not in MULTI_VIEW_LOSSES):
     raise ValueError(

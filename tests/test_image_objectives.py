@@ -141,7 +141,7 @@ def _nt_xent(config):
 
 def test_simclr_objectives_refuse_wrong_losses_with_one_line(mesh8):
   barlow = overrides_lib.apply(simclr_shapes.get_config("tiny"), [("loss.name", "barlow_twins")])
-  with pytest.raises(ValueError, match="config.loss.temperature is not an argument of barlow_twins"):
+  with pytest.raises(ValueError, match="loss.temperature is not an argument of barlow_twins.*simclr_shapes.py"):
     methods.get("simclr")(barlow, mesh8)
   four_views = overrides_lib.apply(simclr_shapes.get_config("tiny"), [("simclr.num_views", "4")])
   with pytest.raises(ValueError, match="more than two need loss.name='mv_info_nce'"):
