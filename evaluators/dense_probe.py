@@ -53,9 +53,10 @@ def _pixel_loss(params, f, masks, weight_decay):
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
-def _fit(f, masks, lrs, weight_decay, key, *, num_classes, epochs, batch_size):
+def _fit(f, masks, lrs, weight_decay, seed, *, num_classes, epochs, batch_size):
   """One probe per learning rate of lrs [L]: params with a leading [L]."""
   fit = functools.partial(fit_linear, loss=_pixel_loss)
+  key = jax.random.key(seed)
   return jax.vmap(lambda lr: fit(f, masks, lr, weight_decay, key, num_classes, epochs, batch_size))(lrs)
 
 
@@ -104,34 +105,38 @@ def dense_linear_probe(
 ) -> dict:
   """Per-pixel linear probe of feature maps [N, h, w, F] against masks int [N, S, S] in [0, num_classes).
 
-  Returns dict(pixel_accuracy, miou (test), best_lr (by held-out mean IoU), per_lr={lr: held-out mean IoU}).
+  Returns dict(pixel_accuracy, miou (test), best_lr (by held-out mean IoU), per_lr={lr: held-out mean IoU}; empty
+  for a single lr).
   """
   train_features, test_features = np.asarray(train_features, np.float32), np.asarray(test_features, np.float32)
   mean = train_features.mean(axis=(0, 1, 2))
   std = train_features.std(axis=(0, 1, 2)) + 1e-6
   x_train, x_test = (train_features - mean) / std, (test_features - mean) / std
-  fit_key, final_key, split_key = jax.random.split(jax.random.key(seed), 3)
-  order = np.asarray(jax.random.permutation(split_key, len(x_train)))
+  # Host-side randomness (NumPy): eager jax.random calls would each compile.
+  order = np.random.default_rng(seed).permutation(len(x_train))
   num_val = max(1, int(round(val_fraction * len(x_train))))
   val_idx, fit_idx = order[:num_val], order[num_val:]
   fit = functools.partial(_fit, num_classes=num_classes, epochs=epochs)
 
-  sweep = fit(
-    x_train[fit_idx],
-    train_masks[fit_idx],
-    jnp.asarray(lrs, jnp.float32),
-    weight_decay,
-    fit_key,
-    batch_size=min(batch_size, len(fit_idx)),
-  )
-  _, val_miou = _scores(sweep, x_train[val_idx], train_masks[val_idx], num_classes)
-  best_lr = float(lrs[int(np.argmax(val_miou))])
+  per_lr = {}
+  if len(lrs) > 1:  # one learning rate needs no choosing
+    sweep = fit(
+      x_train[fit_idx],
+      train_masks[fit_idx],
+      jnp.asarray(lrs, jnp.float32),
+      weight_decay,
+      seed,
+      batch_size=min(batch_size, len(fit_idx)),
+    )
+    _, val_miou = _scores(sweep, x_train[val_idx], train_masks[val_idx], num_classes)
+    per_lr = {float(lr): float(m) for lr, m in zip(lrs, val_miou)}
+  best_lr = max(per_lr, key=per_lr.get) if per_lr else float(lrs[0])
   final = fit(
     x_train,
     train_masks,
     jnp.asarray([best_lr], jnp.float32),
     weight_decay,
-    final_key,
+    seed + 1,
     batch_size=min(batch_size, len(x_train)),
   )
   accuracy, miou = _scores(final, x_test, test_masks, num_classes)
@@ -139,7 +144,7 @@ def dense_linear_probe(
     pixel_accuracy=float(accuracy[0]),
     miou=float(miou[0]),
     best_lr=best_lr,
-    per_lr={float(lr): float(m) for lr, m in zip(lrs, val_miou)},
+    per_lr=per_lr,
   )
 
 

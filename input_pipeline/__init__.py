@@ -126,6 +126,11 @@ def build(
       f"the batch dimension (sharding {sharding})."
     )
   source = sources.get_source(data_config, split)
+  if data_config.with_index and isinstance(source, sources.StreamSource):
+    raise ValueError(
+      f"data.with_index gives each row its index in the split, which needs a random-access source; "
+      f"{data_config.name!r} streams its records."
+    )
   return BatchIterator(
     source,
     global_batch_size=global_batch_size,
