@@ -35,7 +35,8 @@ def get_config() -> CD:
   # Devices: mesh axes ("data", "fsdp"); -1 takes the remaining devices. Parameters and optimizer state are sharded by
   # regex rules on their paths ((regex, "fsdp" | "replicate"), first match wins; fsdp only from fsdp_min_size elements).
   c.mesh = CD(dict(data=-1, fsdp=1))
-  c.partition_rules = ((".*", "fsdp"),)
+  # Per-example tables of the method state (iSogCLR's temperatures) are split by row over the batch axes ("rows").
+  c.partition_rules = ((r"extra/example_state/", "rows"), (".*", "fsdp"))
   c.fsdp_min_size = 2**14
 
   # Cadence and bookkeeping.
@@ -92,6 +93,7 @@ def data() -> CD:
       text_views="",  # "" | copy | word_deletion | word_repetition (ESimCSE)
       caption_word_dropout=0.0,  # training captions lose each word with this probability
       host_views=0,  # > 0: that many SimCLR views made on the host with tf.image ops
+      with_index=False,  # add an "index" int32 column: each row's dataset index (per-example state, e.g. iSogCLR)
     )
   )
 
@@ -198,6 +200,41 @@ def moco() -> CD:
   return CD(dict(queue_size=4096, momentum=0.99))  # negatives queue length; key encoder EMA decay
 
 
+def simclr() -> CD:
+  return CD(dict(num_views=2))  # augmented views per image; > 2 needs loss.name="mv_info_nce" (multi-view InfoNCE)
+
+
+def isogclr() -> CD:
+  """iSogCLR's per-example temperatures (Qiu et al. 2023), learned beside the encoder with their own momentum SGD;
+  defaults of LibAUC's unimodal GCLoss_v1 (the loss's gamma and rho are config.loss keys)."""
+  return CD(
+    dict(
+      tau_init=0.1,  # every example's temperature at the start
+      tau_lr=0.01,  # eta: step size of the temperature update
+      tau_momentum=0.9,  # beta: moving average of the temperature gradient u <- (1 - beta) u + beta g
+      tau_range=(0.05, 0.7),  # temperatures are projected onto [min, max] after each update
+    )
+  )
+
+
+def supcon() -> CD:
+  # Soft (multi-hot) labels: groups of class ids, e.g. CIFAR-100's 20 superclasses; each example's target is
+  # one-hot(class) + one-hot(its group), so examples of one group are partial positives. () = hard labels.
+  return CD(dict(superclasses=()))
+
+
+def dense() -> CD:
+  """Pixel-level contrast (methods/dense.py, PixPro: Xie et al. 2021)."""
+  return CD(
+    dict(
+      momentum=0.99,  # EMA decay of the momentum (target) encoder
+      distance_threshold=0.7,  # positives: pixels of the two views closer than this many feature bins (PixPro T)
+      ppm_gamma=2.0,  # sharpness of the pixel propagation similarity
+      ppm_layers=1,  # value transform of the pixel propagation module: 0, 1 or 2 layers
+    )
+  )
+
+
 def simcse() -> CD:
   return CD(dict(queue_size=0, momentum=0.995))  # ESimCSE: momentum-encoder queue (0 = plain SimCSE); EMA decay
 
@@ -234,7 +271,17 @@ def simskip(encoder: dict) -> CD:
 
 # Evaluations.
 
-EVAL_TYPES = ("knn", "linear_probe", "zero_shot", "retrieval", "sts", "health", "classifier", "captioning")
+EVAL_TYPES = (
+  "knn",
+  "linear_probe",
+  "zero_shot",
+  "retrieval",
+  "sts",
+  "health",
+  "classifier",
+  "captioning",
+  "dense_probe",
+)
 
 
 def eval_config(type: str, **overrides) -> CD:  # noqa: A002 (the config key is `type`)
@@ -282,6 +329,11 @@ _EVAL_OPTIONS = {
   "classifier": lambda: dict(),
   # Captions decoded from images: exact match, class name in caption, repeated n-grams.
   "captioning": lambda: dict(decode="greedy", top_k=4, alpha=0.6),
+  # Per-pixel linear probe on the method's embed_pixels feature maps (upsampled to the image): the shapes' masks
+  # (background or the shape's class per pixel); lr chosen on held-out train images.
+  "dense_probe": lambda: dict(
+    train_split="train", train_examples=1000, epochs=20, lrs=(1e-3, 1e-2, 1e-1), weight_decay=1e-4
+  ),
 }
 
 

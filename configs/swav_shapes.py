@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_small_crops=1,
         small_size=8,
         freeze_prototypes_steps=2,
-        queue_start_step=4,
+        queue_start_step=10,  # tiny,queue: 10 steps of queue-less SwAV, then 10 with the queue
         queue_size=32 if "queue" in args else 0,
       )
     )

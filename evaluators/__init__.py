@@ -1,5 +1,6 @@
 """Evaluations as configuration (big_vision style): `config.evals` names entries, each with a `type` that is a module
-here (knn, linear_probe, zero_shot, retrieval, sts, health, classifier, captioning) holding an `Evaluator`.
+here (knn, linear_probe, zero_shot, retrieval, sts, health, classifier, captioning, dense_probe) holding an
+`Evaluator`.
 
     evals = evaluators.build(config, mesh)                   # {name: Evaluator}
     results = evaluators.run(evals, predict_fns, names=...)  # {"<name>/<metric>": float}
@@ -22,7 +23,7 @@ from evaluators.retrieval import retrieval_recall
 from evaluators.sts import load_sts_tsv, sts_spearman
 from evaluators.zero_shot import class_embeddings, prompt_embeddings, zero_shot_accuracy
 
-TYPES = ("knn", "linear_probe", "zero_shot", "retrieval", "sts", "health", "classifier", "captioning")
+TYPES = ("knn", "linear_probe", "zero_shot", "retrieval", "sts", "health", "classifier", "captioning", "dense_probe")
 
 __all__ = [
   "TYPES",

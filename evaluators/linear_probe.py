@@ -17,13 +17,15 @@ def _loss(params, x, y, weight_decay):
   )
 
 
-def _fit_one(x, y, lr, weight_decay, key, num_classes, epochs, batch_size):
-  """Adam with a cosine-decayed learning rate; every epoch is one lax.scan over a fresh shuffle in full batches."""
-  n, d = x.shape
+def fit_linear(x, y, lr, weight_decay, key, num_classes, epochs, batch_size, loss=_loss):
+  """A linear map {"w": [D, C], "b": [C]} of the last axis of x [N, ..., D] minimising loss(params, x, y, wd) over
+  rows of x, y: Adam with a cosine-decayed learning rate; every epoch is one lax.scan over a fresh shuffle in full
+  batches."""
+  n, d = x.shape[0], x.shape[-1]
   steps_per_epoch = n // batch_size
   optimizer = optax.adam(optax.cosine_decay_schedule(lr, epochs * steps_per_epoch))
   params = {"w": jnp.zeros((d, num_classes), x.dtype), "b": jnp.zeros((num_classes,), x.dtype)}
-  grad_fn = jax.grad(_loss)
+  grad_fn = jax.grad(loss)
 
   def step(carry, idx):
     params, opt_state = carry
@@ -41,7 +43,7 @@ def _fit_one(x, y, lr, weight_decay, key, num_classes, epochs, batch_size):
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
 def _fit(x, y, lrs, weight_decay, key, *, num_classes, epochs, batch_size):
   """[N, D], [N], [L] learning rates -> params with a leading [L]: the whole sweep is one compiled program."""
-  return jax.vmap(lambda lr: _fit_one(x, y, lr, weight_decay, key, num_classes, epochs, batch_size))(lrs)
+  return jax.vmap(lambda lr: fit_linear(x, y, lr, weight_decay, key, num_classes, epochs, batch_size))(lrs)
 
 
 @jax.jit

@@ -12,7 +12,8 @@ Sources stream from disk (ArrayRecord, tar, TFDS, TFRecord, files: see sources.p
 processes; `python -m input_pipeline.convert` writes ArrayRecord or tar shards from JSONL, image folders, npz, TFDS.
 
 Augmentation runs on device (`augment_jax.simclr_augment`, `multi_view`, `multi_crop`), or on host with TF ops
-(`data_config.host_views > 0` adds "views" uint8 [B, V, H, W, 3], see `augment_tf`). String columns are
+(`data_config.host_views > 0` adds "views" uint8 [B, V, H, W, 3], see `augment_tf`); `data_config.with_index` adds
+"index" int32 [B], each row's index in its split. String columns are
 tokenized with `data_config.tokenizer` (bytes by default) and never leave the host as strings.
 """
 
@@ -51,6 +52,7 @@ def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: st
   from its ids), so it runs on each task's rows, in the worker processes when there are some."""
   tokenizer = tokenizers.get(data_config.tokenizer, data_config.tokenizer_path) if data_config.tokenizer else None
   text_views, host_views, max_len = data_config.text_views, data_config.host_views, data_config.max_text_len
+  with_index = data_config.with_index
   caption_dropout = data_config.caption_word_dropout if split == "train" else 0.0
   if text_views or caption_dropout:
     from input_pipeline import text_views as text_views_lib
@@ -74,6 +76,8 @@ def _host_transform(data_config: ml_collections.ConfigDict, seed: int, split: st
         ],
         object,
       )
+    if with_index:  # per-example state on device (iSogCLR) is looked up by the example's dataset row
+      columns["index"] = ids[:, 1].astype(np.int32)
     if host_views:
       from input_pipeline import augment_tf
 
@@ -122,6 +126,11 @@ def build(
       f"the batch dimension (sharding {sharding})."
     )
   source = sources.get_source(data_config, split)
+  if data_config.with_index and isinstance(source, sources.StreamSource):
+    raise ValueError(
+      f"data.with_index gives each row its index in the split, which needs a random-access source; "
+      f"{data_config.name!r} streams its records."
+    )
   return BatchIterator(
     source,
     global_batch_size=global_batch_size,

@@ -132,6 +132,14 @@ def render_example(
 ) -> tuple[np.ndarray, int, str]:
   """One example: (uint8 [S, S, 3] image, class id, caption). `shape_shift` != 0 draws the same scene (sizes,
   colours, position, angle, noise) with the class shifted by that many: a hard negative of the example."""
+  image, label, caption, _ = _render_scene(seed, split, index, image_size, num_classes, shape_shift)
+  return image, label, caption
+
+
+def _render_scene(
+  seed: int, split: str, index: int, image_size: int, num_classes: int, shape_shift: int
+) -> tuple[np.ndarray, int, str, np.ndarray]:
+  """render_example's (image, class id, caption) and the shape's coverage of each pixel, float32 [S, S] in [0, 1]."""
   rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
   label = (int(rng.integers(num_classes)) + shape_shift) % num_classes
   fg, bg = rng.choice(len(COLOR_NAMES), size=2, replace=False)
@@ -148,7 +156,7 @@ def render_example(
   mask = _draw_mask(name, cx, cy, radius, angle, image_size)[..., None]
   image = mask * fg_rgb + (1.0 - mask) * bg_rgb + noise
   caption = caption_template(SIZE_NAMES[size_id], COLOR_NAMES[fg], COLOR_NAMES[bg]).format(name)
-  return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, caption
+  return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, caption, mask[..., 0]
 
 
 def hard_negative_shifts(seed: int, split: str, indices: np.ndarray, num_classes: int) -> np.ndarray:
@@ -156,6 +164,13 @@ def hard_negative_shifts(seed: int, split: str, indices: np.ndarray, num_classes
   return np.array(
     [np.random.default_rng([seed, SPLIT_IDS[split], int(i), 1]).integers(1, num_classes) for i in indices], np.int64
   )
+
+
+def _check(split: str, num_classes: int) -> None:
+  if split not in SPLIT_IDS:
+    raise ValueError(f"shapes has splits {sorted(SPLIT_IDS)}, not {split!r}")
+  if not 2 <= num_classes <= len(CLASS_NAMES):
+    raise ValueError(f"shapes num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
 
 
 def render(
@@ -168,10 +183,7 @@ def render(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Examples `indices` of a split: uint8 [N, S, S, 3], int32 [N], str [N] (`shape_shifts` [N]: see
   `render_example`)."""
-  if split not in SPLIT_IDS:
-    raise ValueError(f"shapes has splits {sorted(SPLIT_IDS)}, not {split!r}")
-  if not 2 <= num_classes <= len(CLASS_NAMES):
-    raise ValueError(f"shapes num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
+  _check(split, num_classes)
   images = np.empty((len(indices), image_size, image_size, 3), np.uint8)
   labels = np.empty((len(indices),), np.int32)
   captions = []
@@ -180,3 +192,16 @@ def render(
     images[j], labels[j], caption = render_example(seed, split, int(i), image_size, num_classes, shift)
     captions.append(caption)
   return images, labels, np.array(captions, dtype=object)
+
+
+def render_masks(
+  seed: int, split: str, indices: np.ndarray, image_size: int = 32, num_classes: int = len(CLASS_NAMES)
+) -> np.ndarray:
+  """Per-pixel segmentation of examples `indices`: uint8 [N, S, S], 0 for background and 1 + class id where the
+  shape covers at least half of the pixel (the images of `render` with the same arguments)."""
+  _check(split, num_classes)
+  masks = np.empty((len(indices), image_size, image_size), np.uint8)
+  for j, i in enumerate(indices):
+    _, label, _, coverage = _render_scene(seed, split, int(i), image_size, num_classes, 0)
+    masks[j] = np.where(coverage >= 0.5, 1 + label, 0)
+  return masks

@@ -23,6 +23,7 @@ _MODULES = {
   "simskip": "methods.simskip",
   "multitask": "methods.multitask",
   "coca": "methods.multitask",
+  "dense": "methods.dense",
 }
 
 

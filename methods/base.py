@@ -36,8 +36,9 @@ EmbeddingLossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[An
 
 
 # (params, model_state, batch) -> [B, ...]: what evaluators and exports call. Names say what they take and give:
-# embed_image ({"image": uint8 [B, H, W, 3]}), embed_text ({"text": int32 token ids [B, L]}), embed_embedding
-# ({"embedding": [B, D]}), classify (-> logits), decode_<strategy> (-> token ids), input_<kind> (SimSkip's inputs).
+# embed_image ({"image": uint8 [B, H, W, 3]}), embed_pixels (the same -> feature maps [B, h, w, F]), embed_text
+# ({"text": int32 token ids [B, L]}), embed_embedding ({"embedding": [B, D]}), classify (-> logits),
+# decode_<strategy> (-> token ids), input_<kind> (SimSkip's inputs).
 PredictFn = Callable[[Any, Any, dict], jax.Array]
 
 
@@ -70,8 +71,9 @@ class EncoderWithHead(nn.Module):
   head: dict
 
   @nn.compact
-  def __call__(self, x, *, train: bool, project: bool = True):
-    h = models.build(self.backbone, "backbone")(x, train=train)
+  def __call__(self, x, *, train: bool, project: bool = True, pool: bool = True):
+    """pool=False (with project=False): the backbone's feature map [B, h, w, F] instead of h."""
+    h = models.build(self.backbone, "backbone")(x, train=train, **({} if pool else {"pool": False}))
     if not project:
       return h, None
     return h, models.build({"name": "projection_head", **self.head}, "head")(h, train=train)
@@ -98,6 +100,27 @@ def backbone_embed(model: EncoderWithHead, mean, std) -> PredictFn:
     return h
 
   return embed_image
+
+
+def has_feature_maps(backbone: dict) -> bool:
+  """Whether a backbone spec's module returns feature maps with `pool=False` (ResNets)."""
+  return "pool" in inspect.signature(models.get(backbone["name"]).__call__).parameters
+
+
+def backbone_pixels(model: EncoderWithHead, mean, std) -> PredictFn:
+  """embed_pixels of an EncoderWithHead whose backbone has feature maps: [B, h, w, F] of normalised images."""
+
+  def embed_pixels(params, model_state, batch) -> jax.Array:
+    h, _ = model.apply(
+      {"params": params, **model_state},
+      normalize_images(batch["image"], mean, std),
+      train=False,
+      project=False,
+      pool=False,
+    )
+    return h
+
+  return embed_pixels
 
 
 def stage_rngs(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -84,7 +84,8 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 @register("resnet")
 class ResNet(nn.Module):
-  """ResNet backbone: `__call__(x [B,H,W,3], *, train) -> [B, D]` globally average-pooled float32 features.
+  """ResNet backbone: `__call__(x [B,H,W,3], *, train) -> [B, D]` globally average-pooled float32 features;
+  `pool=False` returns the last stage's feature map [B, h, w, D] (float32) instead, for dense (per-pixel) methods.
 
   D = width * 2**(len(stage_sizes) - 1), times 4 for bottleneck blocks. stem "imagenet": 7x7/2 conv + 3x3/2 max-pool;
   "cifar": 3x3/1 conv, no pool. BatchNorm statistics live in the "batch_stats" collection; there is no
@@ -107,7 +108,7 @@ class ResNet(nn.Module):
   remat: bool = False  # recompute each block's activations in the backward pass (same parameters and outputs)
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, pool: bool = True):
     if self.block not in BLOCKS:
       raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
     conv = partial(_conv, dtype=self.dtype, impl=self.conv_impl)
@@ -137,7 +138,8 @@ class ResNet(nn.Module):
           norm=norm,
           name=f"stage{i + 1}_block{j + 1}",
         )(x)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = x.astype(jnp.float32)
+    return jnp.mean(x, axis=(1, 2)) if pool else x
 
 
 @register("resnet18")

@@ -10,9 +10,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# FSDP (ZeRO-3 style) for every large array: parameters, optimizer moments and EMA are split over the `fsdp` axis
-# (replicated when it has size 1), small ones (biases, norms, scalars) stay replicated.
-DEFAULT_RULES = ((".*", "fsdp"),)
+from parallel import mesh as mesh_lib
+
+# Per-example tables of method state are split by row over the batch axes, like the examples themselves. FSDP (ZeRO-3
+# style) for every other large array: parameters, optimizer moments and EMA are split over the `fsdp` axis (replicated
+# when it has size 1), small ones (biases, norms, scalars) stay replicated.
+DEFAULT_RULES = ((r"extra/example_state/", "rows"), (".*", "fsdp"))
 
 
 def _path_name(path) -> str:
@@ -60,6 +63,13 @@ def infer_shardings(
           return NamedSharding(mesh, P())
         if action == "fsdp":
           return NamedSharding(mesh, fsdp_spec(shape, mesh, min_size=fsdp_min_size))
+        if action == "rows":
+          if not shape or shape[0] % mesh_lib.num_batch_shards(mesh):
+            raise ValueError(
+              f"{name} {tuple(shape)}: a 'rows' table needs a leading dimension divisible by the "
+              f"{mesh_lib.num_batch_shards(mesh)} batch shards (pad it with parallel.rows.padded_size)."
+            )
+          return NamedSharding(mesh, mesh_lib.batch_spec(mesh))
         raise ValueError(f"Unknown partition action {action!r} in rule {pattern.pattern!r}.")
     raise ValueError(f"No partition rule matches parameter {name!r}; add a catch-all rule ('.*', 'replicate').")
 

@@ -36,7 +36,7 @@ RECIPES = {
   "moco": ("moco_shapes", "tiny"),
   "mochi": ("moco_shapes", "tiny,mochi"),
   "supcon": ("supcon_shapes", "tiny"),
-  "swav_queue": ("swav_shapes", "tiny,queue"),
+  "swav_queue": ("swav_shapes", "tiny,queue"),  # queue-less SwAV for 10 steps, then with the queue
   "simcse": ("simcse_shapes", "tiny"),
   # Supervised triplets (3 views) and ESimCSE's queue + momentum encoder in one run: every SimCSE code path.
   "esimcse_supervised": ("simcse_shapes", "tiny,esimcse,supervised"),
@@ -46,6 +46,13 @@ RECIPES = {
   "coca": ("coca_shapes", "tiny"),
   "multitask": ("multitask_shapes", "tiny"),
   "align_uniform": ("multitask_shapes", "tiny,align_uniform"),
+  "multiview": ("simclr_shapes", "tiny,multiview"),  # MV-InfoNCE on 3 views
+  "isogclr": ("simclr_shapes", "tiny,isogclr"),  # the per-example table: restored with the state
+  "dclw": ("simclr_shapes", "tiny,dclw"),
+  "barlow_twins": ("simclr_shapes", "tiny,barlow_twins"),
+  "vicreg": ("simclr_shapes", "tiny,vicreg"),
+  "soft_supcon": ("supcon_shapes", "tiny,soft"),
+  "dense": ("dense_shapes", "tiny"),  # PixPro: momentum encoder, boxed views, pixel propagation
 }
 HF_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf_clip_tiny")
 HF_FROZEN = "text_tower/(token_embed|encoder/block0)/.*"
@@ -165,6 +172,19 @@ def test_swav_counts_steps_fills_its_queue_and_keeps_unit_prototypes(trained):
   np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
 
 
+def test_isogclr_table_is_split_by_row_and_learns_the_seen_examples_temperatures(trained):
+  r = trained("isogclr")
+  table = r.state.extra["example_state"]
+  spec = r.run.shardings.extra["example_state"]["tau"].spec
+  assert tuple(spec) == (("data", "fsdp"),), spec  # rows over the 8 devices, not replicated
+  # 20 steps of 16 rows cover the 64 examples: every temperature moved from tau_init, within its range.
+  config = r.run.config.isogclr
+  tau = table["tau"][: r.run.config.data.train_size]
+  assert np.all(tau != config.tau_init) and np.all((tau >= config.tau_range[0]) & (tau <= config.tau_range[1]))
+  assert np.all(table["s_x"][: r.run.config.data.train_size] > 0)
+  assert np.std(tau) > 0  # individual temperatures
+
+
 def test_lit_keeps_the_pretrained_image_tower_frozen_and_out_of_params(trained):
   lit, moco = trained("lit"), trained("moco")
   assert "image_tower" not in lit.state.params
@@ -234,6 +254,7 @@ def test_hf_clip_exports_back_to_its_hugging_face_layout_bit_for_bit(trained):
     ("coca", ("zero_shot/zero_shot_top1", "captioning/caption_exact_match", "captioning/caption_names_class")),
     ("multitask", ("classifier/classifier_top1", "retrieval/t2i_r@5")),
     ("align_uniform", ("knn/knn_top1", "health/alignment")),
+    ("dense", ("dense_probe/dense_probe_miou", "dense_probe/dense_probe_pixel_acc", "knn/knn_top1")),
   ],
 )
 def test_recipe_evaluations_report_their_metrics(trained, name, keys):
@@ -248,9 +269,24 @@ CONFIG_ARGS = {
   "siglip_shapes": ["", "tiny", "vit", "causal", "jsonl", "pretrained"],
   "lit_shapes": ["", "tiny", "minilm"],
   "moco_shapes": ["", "tiny", "mochi", "cifar10", "tiny,mochi"],
-  "supcon_shapes": ["", "tiny", "cifar10"],
+  "supcon_shapes": ["", "tiny", "cifar10", "soft", "tiny,soft"],
   "swav_shapes": ["", "tiny", "queue", "cifar10", "tiny,queue"],
-  "simclr_shapes": ["", "tiny", "cifar10", "resnet18", "cifar10,resnet18"],
+  "simclr_shapes": [
+    "",
+    "tiny",
+    "cifar10",
+    "resnet18",
+    "cifar10,resnet18",
+    "multiview",
+    "isogclr",
+    "dclw",
+    "barlow_twins",
+    "vicreg",
+    "cifar10,multiview",
+    "cifar10,isogclr",
+    "cifar10,vicreg",
+  ],
+  "dense_shapes": ["", "tiny"],
   "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised", "minilm"],
   "simskip_shapes": ["", "tiny", "sts", "encoder", "text", "tiny,encoder"],
   "coca_shapes": ["", "tiny", "jsonl"],
