@@ -267,7 +267,8 @@ _EVAL_OPTIONS = {
   "health": lambda: dict(plots=True),
   # Accuracy of the method's classifier head.
   "classifier": lambda: dict(),
-  # Captions decoded from images: exact match, class name in caption, repeated n-grams.
+  # Captions decoded from images: exact match, class name in caption, repeated n-grams. decode: greedy or
+  # contrastive (contrastive search, Su et al. 2022: top_k candidates a step, degeneration penalty alpha).
   "captioning": lambda: dict(decode="greedy", top_k=4, alpha=0.6),
 }
 

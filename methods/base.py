@@ -37,8 +37,10 @@ EmbeddingLossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[An
 
 # (params, model_state, batch) -> [B, ...]: what evaluators and exports call. Names say what they take and give:
 # embed_image ({"image": uint8 [B, H, W, 3]}), embed_text ({"text": int32 token ids [B, L]}), embed_embedding
-# ({"embedding": [B, D]}), classify (-> logits), decode_<strategy> (-> token ids), input_<kind> (SimSkip's inputs).
-PredictFn = Callable[[Any, Any, dict], jax.Array]
+# ({"embedding": [B, D]}), embed_series ({"series": [B, T, C]}), embed_graph ({"x", "adj", "node_mask"}), classify
+# (-> logits), decode_<strategy> (-> token ids), input_<kind> (SimSkip's inputs). Keyword-only arguments after the
+# batch are static options that an evaluation sets (e.g. decode_contrastive's top_k and alpha); they keep defaults.
+PredictFn = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
