@@ -186,7 +186,19 @@ def moco() -> CD:
 
 
 def simcse() -> CD:
-  return CD(dict(queue_size=0, momentum=0.995))  # ESimCSE: momentum-encoder queue (0 = plain SimCSE); EMA decay
+  """methods/simcse.py: ESimCSE's queue, WhitenedCSE's views, MultiCSR-style refinement (loss.name picks the loss:
+  supcon, weighted_info_nce, or debiased_info_nce for debiased negatives)."""
+  return CD(
+    dict(
+      queue_size=0,  # ESimCSE: momentum-encoder queue (0 = plain SimCSE)
+      momentum=0.995,  # ESimCSE: EMA decay of the momentum encoder
+      whitening_groups=0,  # WhitenedCSE: > 0 whitens the pooled features in this many shuffled channel groups
+      whitening_views=2,  # WhitenedCSE: positive views, each a differently shuffled whitening of a dropout pass
+      reference=False,  # MultiCSR-style: the frozen initial encoder weighs pairs (loss.name="weighted_info_nce")
+      max_negative_similarity=0.9,  # reference cosine above which a negative is dropped as a likely positive
+      min_positive_similarity=-1.0,  # reference cosine below which a pair is dropped as noisy
+    )
+  )
 
 
 def swav() -> CD:

@@ -66,14 +66,18 @@ class Method:
 
 
 class EncoderWithHead(nn.Module):
-  """Backbone features h = f(x) [B, F] and projections z = g(h) [B, D] (SimCLR, MoCo, SupCon, SwAV, SimSkip)."""
+  """Backbone features h = f(x) [B, F] and projections z = g(h) [B, D] (SimCLR, MoCo, SupCon, SwAV, SimSkip, ...).
+
+  `inputs` are the backbone's positional inputs: one array for most, (x, adj, node_mask) for graph encoders. Given
+  `features` [B, F] instead, the backbone is skipped and those are projected (e.g. WhitenedCSE's whitened features).
+  """
 
   backbone: dict
   head: dict
 
   @nn.compact
-  def __call__(self, x, *, train: bool, project: bool = True):
-    h = models.build(self.backbone, "backbone")(x, train=train)
+  def __call__(self, *inputs, train: bool, project: bool = True, features=None):
+    h = models.build(self.backbone, "backbone")(*inputs, train=train) if features is None else features
     if not project:
       return h, None
     return h, models.build({"name": "projection_head", **self.head}, "head")(h, train=train)
@@ -139,19 +143,32 @@ def normalize_images(images: jax.Array, mean, std) -> jax.Array:
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def check_kwargs(fn: Callable, kwargs: dict, block: str, what: str) -> dict:
+  """`kwargs` (a config block) when every key is a keyword-only or defaulted argument of `fn`, else a did-you-mean
+  ValueError naming `block` (e.g. "config.loss") and `what` takes them (e.g. the loss's name)."""
+  params = inspect.signature(fn).parameters.values()
+  accepted = [
+    p.name
+    for p in params
+    if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+  ]
+  shown = [a for a in accepted if a not in ("axis_name", "example_ids")]
+  for key in kwargs:
+    if key not in shown:
+      close = difflib.get_close_matches(key, shown, n=1)
+      raise ValueError(
+        f"{block}.{key} is not an argument of {what}"
+        f"{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(shown)}."
+      )
+  return kwargs
+
+
 def loss_from_config(loss_config) -> tuple[Callable[..., jax.Array], dict]:
   """(loss function, its keyword arguments) of config.loss: `name` picks it from `losses`; every other key must be
   one of its keyword arguments (else a did-you-mean error). chunked / ring modes need a chunk_size > 0."""
   hyper = loss_config.to_dict()
   fn = losses.get(hyper.pop("name"))
-  accepted = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
-  for key in hyper:
-    if key not in accepted:
-      close = difflib.get_close_matches(key, accepted, n=1)
-      raise ValueError(
-        f"config.loss.{key} is not an argument of {loss_config.name}"
-        f"{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(a for a in accepted if a != 'axis_name')}."
-      )
+  check_kwargs(fn, hyper, "config.loss", loss_config.name)
   if hyper.get("mode", "dense") != "dense" and not hyper.get("chunk_size"):
     raise ValueError(f"loss.mode={hyper['mode']!r} needs loss.chunk_size > 0 (logit block width, e.g. 256).")
   return fn, hyper
