@@ -20,7 +20,7 @@ CD = ml_collections.ConfigDict
 
 def get_config() -> CD:
   c = CD()
-  c.method = ""  # methods.get(name): simclr, moco, supcon, swav, clip, siglip, lit, simcse, esimcse, simskip, ...
+  c.method = ""  # methods.get(name): simclr, moco, supcon, swav, clip, siglip, lit, simcse, esimcse, simskip, timeseries, graphcl, ...
   c.seed = 0  # parameter init, data order and augmentation randomness
   c.batch_size = 256  # global batch over all devices and processes
   c.total_steps = 1000
@@ -78,7 +78,7 @@ def data() -> CD:
       std=(0.25, 0.25, 0.25),
       train_size=20_000,  # shapes only: rows per split
       test_size=2_000,
-      seed=0,  # shapes: generation seed (the shuffle seed is config.seed)
+      seed=0,  # shapes: generation seed; tu: the train / test split (the shuffle seed is config.seed)
       hard_negatives=False,  # shapes: each training row also carries its scene with another shape
       cache=False,  # keep decoded images in memory after the first epoch (small datasets only)
       columns=(),  # sentences: TSV column names, e.g. ("score", "text", "text_b")

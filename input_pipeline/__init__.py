@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 import tokenization as tokenizers
-from input_pipeline import sources
+from input_pipeline import sequence_sources, sources  # noqa: F401  (sequence_sources registers ucr, tu)
 from input_pipeline.iterator import BatchIterator, batch_shards
 
 __all__ = ["build", "BatchIterator", "load_split", "num_examples", "register_source"]

@@ -23,6 +23,8 @@ _MODULES = {
   "simskip": "methods.simskip",
   "multitask": "methods.multitask",
   "coca": "methods.multitask",
+  "timeseries": "methods.timeseries",
+  "graphcl": "methods.graph",
 }
 
 

@@ -112,6 +112,29 @@ def stage_rngs(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   return prepare_rng, encode_rng, loss_rng
 
 
+def two_view_stages(model: EncoderWithHead, loss: Callable[..., jax.Array]) -> tuple[EncodeFn, EmbeddingLossFn]:
+  """encode_fn and embedding_loss_fn of a two-view method (SimCLR and its series / graph versions).
+
+  encode_fn: views [b, 2, ...] (or a tuple of such arrays: the encoder's positional inputs, e.g. a graph's x, adj,
+  node_mask) -> projections [b, 2, D], one forward pass over the 2b views; embedding_loss_fn: loss(z[:, 0], z[:, 1])
+  in float32 whatever the model's compute dtype.
+  """
+
+  def encode_fn(params, model_state, views, rng):
+    del rng
+    flat = [v.reshape((-1,) + v.shape[2:]) for v in (views if isinstance(views, tuple) else (views,))]
+    (_, z), new_state = model.apply({"params": params, **model_state}, *flat, train=True, mutable=list(model_state))
+    return z.reshape((-1, 2) + z.shape[1:]), dict(new_state)
+
+  def embedding_loss_fn(params, extra, z, rng):
+    del params, rng
+    z = z.astype(jnp.float32)
+    value = loss(z[:, 0], z[:, 1])
+    return value, (extra, {"loss": value})
+
+  return encode_fn, embedding_loss_fn
+
+
 def compose_loss(prepare_fn: PrepareFn, encode_fn: EncodeFn, embedding_loss_fn: EmbeddingLossFn) -> LossFn:
   """The LossFn of a method split in stages: prepare the batch, encode it whole, loss on the embeddings."""
 

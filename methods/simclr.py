@@ -16,6 +16,7 @@ from methods.base import (
   loss_from_config,
   normalize_images,
   on_mesh,
+  two_view_stages,
 )
 
 
@@ -43,18 +44,7 @@ def build(config, mesh: Mesh) -> Method:
     views = normalize_images(two_views(rng, batch["image"], augment), mean, std)
     return views.reshape((-1, 2) + views.shape[1:])
 
-  def encode_fn(params, model_state, views, rng):
-    """Projections [b, 2, D] of views [b, 2, H, W, 3] (one forward pass over the 2b images)."""
-    del rng
-    flat = views.reshape((-1,) + views.shape[2:])
-    (_, z), new_state = model.apply({"params": params, **model_state}, flat, train=True, mutable=list(model_state))
-    return z.reshape((-1, 2) + z.shape[1:]), dict(new_state)
-
-  def embedding_loss_fn(params, extra, z, rng):
-    del params, rng
-    z = z.astype(jnp.float32)  # the loss runs in float32 whatever the compute dtype of the model
-    value = loss(z[:, 0], z[:, 1])
-    return value, (extra, {"loss": value})
+  encode_fn, embedding_loss_fn = two_view_stages(model, loss)
 
   return Method(
     init=init,

