@@ -20,7 +20,7 @@ CD = ml_collections.ConfigDict
 
 def get_config() -> CD:
   c = CD()
-  c.method = ""  # methods.get(name): simclr, moco, supcon, swav, clip, siglip, lit, simcse, esimcse, simskip, timeseries, graphcl, ...
+  c.method = ""  # methods.names(): simclr, moco, supcon, swav, clip, lit, simcse, simskip, timeseries, graphcl, ...
   c.seed = 0  # parameter init, data order and augmentation randomness
   c.batch_size = 256  # global batch over all devices and processes
   c.total_steps = 1000
@@ -69,7 +69,7 @@ def data() -> CD:
   return CD(
     dict(
       name="shapes",  # a source of input_pipeline.sources, or "tfds:<dataset>"
-      path="",  # file / folder / glob of the files; "{split}" is substituted
+      path="",  # file / folder / glob ("{split}" substituted); ucr, tu: a set's name (GunPoint, MUTAG) or folder
       data_dir="",  # TFDS data_dir ("" = TFDS default)
       download=False,  # TFDS: download and prepare when missing (off: fail at once with a how-to)
       image_size=32,  # images are decoded, short side resized and centre-cropped to [S, S, 3]

