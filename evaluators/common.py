@@ -68,7 +68,7 @@ def tokenizer(data_config):
 
 def predict_name(eval_config, columns, predict_fns: dict) -> str:
   """The predict function an evaluation calls: its `predict` option, else embed_<kind> for the first input column
-  kind (image, embedding, text) that the data has and the method embeds."""
+  kind (INPUT_KINDS: image, embedding, series, graph, text) that the data has and the method embeds."""
   if eval_config.predict:
     return eval_config.predict
   for kind, name in INPUT_KINDS:
