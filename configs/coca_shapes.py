@@ -1,6 +1,7 @@
 """CoCa-style hybrid on the embedded "shapes" dataset: ViT image encoder, text tower and a captioning decoder that
 cross-attends to the image tokens, trained with CLIP's contrastive loss plus the captioning cross entropy; reports
-zero-shot, retrieval R@1/R@5 and greedy-decoded captions (exact match, class named).
+zero-shot, retrieval R@1/R@5 and captions decoded greedily and by contrastive search (exact match, class named,
+repeated bigrams; `--config.evals.captioning_contrastive.top_k=4 --config.evals.captioning_contrastive.alpha=0.6`).
 
     python main.py --config=configs/coca_shapes.py --workdir=workdirs/coca
     python main.py --config=configs/coca_shapes.py:tiny --workdir=/tmp/w                  # seconds, for tests
@@ -41,11 +42,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.evals = common.image_text_evals()
   c.evals.captioning = default.eval_config("captioning", examples=256)
+  # The same images decoded by contrastive search (Su et al. 2022): less repetition at equal quality, or not.
+  c.evals.captioning_contrastive = default.eval_config("captioning", examples=256, decode="contrastive")
 
   if "jsonl" in args:
     c.data.update(common.jsonl_pairs())
     del c.evals["zero_shot"]  # image-text pairs without labels
-    c.evals.captioning.examples = 0
+    c.evals.captioning.examples = c.evals.captioning_contrastive.examples = 0
   if "tiny" in args:  # seconds on CPU: tests and smoke runs
     common.tiny(c)
     c.model.image = common.vit(width=16, depth=1, num_heads=2)

@@ -20,7 +20,7 @@ CD = ml_collections.ConfigDict
 
 def get_config() -> CD:
   c = CD()
-  c.method = ""  # methods.get(name): simclr, moco, supcon, swav, clip, siglip, lit, simcse, esimcse, simskip, ...
+  c.method = ""  # methods.names(): simclr, moco, supcon, swav, clip, lit, simcse, simskip, timeseries, graphcl, ...
   c.seed = 0  # parameter init, data order and augmentation randomness
   c.batch_size = 256  # global batch over all devices and processes
   c.total_steps = 1000
@@ -71,8 +71,8 @@ def data() -> CD:
   """Where examples come from and how they are read (input_pipeline.sources); evaluations may override any key."""
   return CD(
     dict(
-      name="shapes",  # a source of input_pipeline.sources (shapes, array_record, tar, jsonl, ...) or "tfds:<dataset>"
-      path="",  # files / folder / shards: a glob or braces ("DIR/{000..099}.tar"); "{split}" is substituted
+      name="shapes",  # a source of input_pipeline.sources (shapes, array_record, tar, jsonl, ucr, tu, ...) or "tfds:<dataset>"
+      path="",  # files / folder / shards: a glob or braces ("DIR/{000..099}.tar"); "{split}" is substituted; ucr, tu: a set's name (GunPoint, MUTAG) or folder
       data_dir="",  # TFDS data_dir ("" = TFDS default)
       download=False,  # TFDS: download and prepare when missing (off: fail at once with a how-to)
       image_size=32,  # images are decoded, short side resized and centre-cropped to [S, S, 3]
@@ -81,7 +81,7 @@ def data() -> CD:
       std=(0.25, 0.25, 0.25),
       train_size=20_000,  # shapes only: rows per split
       test_size=2_000,
-      seed=0,  # shapes: generation seed (the shuffle seed is config.seed)
+      seed=0,  # shapes: generation seed; tu: the train / test split (the shuffle seed is config.seed)
       hard_negatives=False,  # shapes: each training row also carries its scene with another shape
       cache=False,  # keep decoded images in memory after the first epoch (O(N) memory: small datasets only)
       workers=0,  # processes that decode and transform (0: in the reading thread); batches do not depend on it
@@ -236,7 +236,19 @@ def dense() -> CD:
 
 
 def simcse() -> CD:
-  return CD(dict(queue_size=0, momentum=0.995))  # ESimCSE: momentum-encoder queue (0 = plain SimCSE); EMA decay
+  """methods/simcse.py: ESimCSE's queue, WhitenedCSE's views, MultiCSR-style refinement (loss.name picks the loss:
+  supcon, weighted_info_nce, or debiased_info_nce for debiased negatives)."""
+  return CD(
+    dict(
+      queue_size=0,  # ESimCSE: momentum-encoder queue (0 = plain SimCSE)
+      momentum=0.995,  # ESimCSE: EMA decay of the momentum encoder
+      whitening_groups=0,  # WhitenedCSE: > 0 whitens the pooled features in this many shuffled channel groups
+      whitening_views=2,  # WhitenedCSE: positive views, each a differently shuffled whitening of a dropout pass
+      reference=False,  # MultiCSR-style: the frozen initial encoder weighs pairs (loss.name="weighted_info_nce")
+      max_negative_similarity=0.9,  # reference cosine above which a negative is dropped as a likely positive
+      min_positive_similarity=-1.0,  # reference cosine below which a pair is dropped as noisy
+    )
+  )
 
 
 def swav() -> CD:
@@ -327,7 +339,8 @@ _EVAL_OPTIONS = {
   "health": lambda: dict(plots=True),
   # Accuracy of the method's classifier head.
   "classifier": lambda: dict(),
-  # Captions decoded from images: exact match, class name in caption, repeated n-grams.
+  # Captions decoded from images: exact match, class name in caption, repeated n-grams. decode: greedy or
+  # contrastive (contrastive search, Su et al. 2022: top_k candidates a step, degeneration penalty alpha).
   "captioning": lambda: dict(decode="greedy", top_k=4, alpha=0.6),
   # Per-pixel linear probe on the method's embed_pixels feature maps (upsampled to the image): the shapes' masks
   # (background or the shape's class per pixel); lr chosen on held-out train images.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,16 +22,22 @@ def repeated_ngram_rate(captions: Sequence[str], n: int = 2) -> float:
   return repeated / total if total else 0.0
 
 
+# The evaluation options each decoding strategy's predict function takes (keyword-only, static).
+DECODE_OPTIONS = {"greedy": (), "contrastive": ("top_k", "alpha")}
+
+
 class Evaluator(common.Base):
-  """Captions of `examples` images of `split` decoded by the method's `decode_<decode>` predict function:
-  `caption_exact_match` with the data's caption, `caption_names_class` (the class name appears in it) and
-  `repeated_bigram_rate`."""
+  """Captions of `examples` images of `split` decoded by the method's `decode_<decode>` predict function (with the
+  strategy's DECODE_OPTIONS, e.g. contrastive search's top_k and alpha): `caption_exact_match` with the data's
+  caption, `caption_names_class` (the class name appears in it) and `repeated_bigram_rate`."""
 
   def run(self, predict_fns, plot_dir=None) -> dict[str, float]:
     predict = self.cfg.predict or f"decode_{self.cfg.decode}"
+    options = {key: self.cfg[key] for key in DECODE_OPTIONS.get(self.cfg.decode, ())}
+    decode = functools.partial(common.get_predict(predict_fns, predict, self.name), **options)
     keep = ("label", "caption")
     tokens, kept = common.embed_split(
-      self, predict_fns, self.cfg.split, examples=self.cfg.examples, keep=keep, predict=predict
+      self, {predict: decode}, self.cfg.split, examples=self.cfg.examples, keep=keep, predict=predict
     )
     captions = common.tokenizer(self.data).decode(tokens.astype(np.int32))
     results = {"repeated_bigram_rate": repeated_ngram_rate(captions)}

@@ -20,9 +20,24 @@ import tokenization
 from parallel import mesh as mesh_lib
 
 PredictFn = Callable[[dict], jax.Array]
-# Input columns and the predict function that embeds each kind, in the order they are looked for.
-INPUT_KINDS = (("image", "embed_image"), ("embedding", "embed_embedding"), ("text", "embed_text"))
+# Input kinds and the predict function that embeds each, in the order they are looked for.
+INPUT_KINDS = (
+  ("image", "embed_image"),
+  ("embedding", "embed_embedding"),
+  ("series", "embed_series"),
+  ("graph", "embed_graph"),
+  ("text", "embed_text"),
+)
 TEXT_COLUMNS = ("text", "caption")
+# The columns of a kind fed to its predict function, where they are not just the kind's own column: padded dense
+# graphs (input_pipeline.sequence_sources "tu").
+KIND_COLUMNS = {"graph": ("x", "adj", "node_mask")}
+
+
+def _has_kind(columns, kind: str) -> bool:
+  if kind == "text":
+    return any(c in columns for c in TEXT_COLUMNS)
+  return all(c in columns for c in KIND_COLUMNS.get(kind, (kind,)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +68,11 @@ def tokenizer(data_config):
 
 def predict_name(eval_config, columns, predict_fns: dict) -> str:
   """The predict function an evaluation calls: its `predict` option, else embed_<kind> for the first input column
-  kind (image, embedding, text) that the data has and the method embeds."""
+  kind (INPUT_KINDS: image, embedding, series, graph, text) that the data has and the method embeds."""
   if eval_config.predict:
     return eval_config.predict
-  for column, name in INPUT_KINDS:
-    present = column in columns or (column == "text" and any(c in columns for c in TEXT_COLUMNS))
-    if present and name in predict_fns:
+  for kind, name in INPUT_KINDS:
+    if _has_kind(columns, kind) and name in predict_fns:
       return name
   raise ValueError(f"No input column among {sorted(columns)} that the method's {sorted(predict_fns)} embed.")
 
@@ -112,13 +126,14 @@ class Embedder:
 
 
 def model_inputs(predict: str, batch: dict[str, np.ndarray], data_config, column: str = "") -> dict[str, np.ndarray]:
-  """The batch a predict function takes: {"image"}, {"embedding"} or {"text": token ids} (text tokenized)."""
+  """The batch a predict function takes: {"image"}, {"embedding"}, {"series"}, {"x", "adj", "node_mask"} (graphs)
+  or {"text": token ids} (text tokenized)."""
   if predict.endswith("_text") or column in TEXT_COLUMNS + ("text_b",):
     column = column or next(c for c in TEXT_COLUMNS if c in batch)
     return {"text": tokenizer(data_config).encode(list(batch[column]), data_config.max_text_len)}
-  for key in ("image", "embedding"):
-    if predict.endswith("_" + key) or key in batch:
-      return {key: batch[key]}
+  for kind, _ in INPUT_KINDS:
+    if kind != "text" and (predict.endswith("_" + kind) or _has_kind(batch, kind)):
+      return {c: batch[c] for c in KIND_COLUMNS.get(kind, (kind,))}
   raise ValueError(f"Cannot feed {predict!r} from the columns {sorted(batch)}.")
 
 

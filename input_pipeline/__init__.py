@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 import tokenization as tokenizers
-from input_pipeline import file_sources, reader, shard_sources, sources  # noqa: F401  (registers the sources)
+from input_pipeline import file_sources, reader, sequence_sources, shard_sources, sources  # noqa: F401  (registers the sources)
 
 if TYPE_CHECKING:  # jax only where batches go to devices: worker processes and eval_batches never import it
   import jax

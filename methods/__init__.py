@@ -24,6 +24,8 @@ _MODULES = {
   "multitask": "methods.multitask",
   "coca": "methods.multitask",
   "dense": "methods.dense",
+  "timeseries": "methods.timeseries",
+  "graphcl": "methods.graph",
 }
 
 

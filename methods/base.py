@@ -37,9 +37,11 @@ EmbeddingLossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[An
 
 # (params, model_state, batch) -> [B, ...]: what evaluators and exports call. Names say what they take and give:
 # embed_image ({"image": uint8 [B, H, W, 3]}), embed_pixels (the same -> feature maps [B, h, w, F]), embed_text
-# ({"text": int32 token ids [B, L]}), embed_embedding ({"embedding": [B, D]}), classify (-> logits),
-# decode_<strategy> (-> token ids), input_<kind> (SimSkip's inputs).
-PredictFn = Callable[[Any, Any, dict], jax.Array]
+# ({"text": int32 token ids [B, L]}), embed_embedding ({"embedding": [B, D]}), embed_series ({"series": [B, T, C]}),
+# embed_graph ({"x", "adj", "node_mask"}), classify (-> logits), decode_<strategy> (-> token ids), input_<kind>
+# (SimSkip's inputs). Keyword-only arguments after the batch are static options that an evaluation sets (e.g.
+# decode_contrastive's top_k and alpha); they keep defaults.
+PredictFn = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +67,22 @@ class Method:
 
 
 class EncoderWithHead(nn.Module):
-  """Backbone features h = f(x) [B, F] and projections z = g(h) [B, D] (SimCLR, MoCo, SupCon, SwAV, SimSkip)."""
+  """Backbone features h = f(x) [B, F] and projections z = g(h) [B, D] (SimCLR, MoCo, SupCon, SwAV, SimSkip, ...).
+
+  `inputs` are the backbone's positional inputs: one array for most, (x, adj, node_mask) for graph encoders. Given
+  `features` [B, F] instead, the backbone is skipped and those are projected (e.g. WhitenedCSE's whitened features).
+  """
 
   backbone: dict
   head: dict
 
   @nn.compact
-  def __call__(self, x, *, train: bool, project: bool = True, pool: bool = True):
+  def __call__(self, *inputs, train: bool, project: bool = True, pool: bool = True, features=None):
     """pool=False (with project=False): the backbone's feature map [B, h, w, F] instead of h."""
-    h = models.build(self.backbone, "backbone")(x, train=train, **({} if pool else {"pool": False}))
+    if features is None:
+      h = models.build(self.backbone, "backbone")(*inputs, train=train, **({} if pool else {"pool": False}))
+    else:
+      h = features
     if not project:
       return h, None
     return h, models.build({"name": "projection_head", **self.head}, "head")(h, train=train)
@@ -129,6 +138,32 @@ def stage_rngs(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   return prepare_rng, encode_rng, loss_rng
 
 
+def view_encoder(model: EncoderWithHead, num_views: int) -> EncodeFn:
+  """encode_fn of a V-view method: views [b, V, ...] (or a tuple of such arrays: the encoder's positional inputs,
+  e.g. a graph's x, adj, node_mask) -> projections [b, V, D], one forward pass over the V b views."""
+
+  def encode_fn(params, model_state, views, rng):
+    del rng
+    flat = [v.reshape((-1,) + v.shape[2:]) for v in (views if isinstance(views, tuple) else (views,))]
+    (_, z), new_state = model.apply({"params": params, **model_state}, *flat, train=True, mutable=list(model_state))
+    return z.reshape((-1, num_views) + z.shape[1:]), dict(new_state)
+
+  return encode_fn
+
+
+def two_view_stages(model: EncoderWithHead, loss: Callable[..., jax.Array]) -> tuple[EncodeFn, EmbeddingLossFn]:
+  """encode_fn (`view_encoder` of two views) and embedding_loss_fn of a two-view method (the series / graph versions
+  of SimCLR): loss(z[:, 0], z[:, 1]) in float32 whatever the model's compute dtype."""
+
+  def embedding_loss_fn(params, extra, z, rng):
+    del params, rng
+    z = z.astype(jnp.float32)
+    value = loss(z[:, 0], z[:, 1])
+    return value, (extra, {"loss": value})
+
+  return view_encoder(model, 2), embedding_loss_fn
+
+
 def compose_loss(prepare_fn: PrepareFn, encode_fn: EncodeFn, embedding_loss_fn: EmbeddingLossFn) -> LossFn:
   """The LossFn of a method split in stages: prepare the batch, encode it whole, loss on the embeddings."""
 
@@ -160,19 +195,32 @@ def normalize_images(images: jax.Array, mean, std) -> jax.Array:
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def check_kwargs(fn: Callable, kwargs: dict, block: str, what: str) -> dict:
+  """`kwargs` (a config block) when every key is a keyword-only or defaulted argument of `fn`, else a did-you-mean
+  ValueError naming `block` (e.g. "config.loss") and `what` takes them (e.g. the loss's name)."""
+  params = inspect.signature(fn).parameters.values()
+  accepted = [
+    p.name
+    for p in params
+    if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+  ]
+  shown = [a for a in accepted if a not in ("axis_name", "example_ids")]
+  for key in kwargs:
+    if key not in shown:
+      close = difflib.get_close_matches(key, shown, n=1)
+      raise ValueError(
+        f"{block}.{key} is not an argument of {what}"
+        f"{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(shown)}."
+      )
+  return kwargs
+
+
 def loss_from_config(loss_config) -> tuple[Callable[..., jax.Array], dict]:
   """(loss function, its keyword arguments) of config.loss: `name` picks it from `losses`; every other key must be
   one of its keyword arguments (else a did-you-mean error). chunked / ring modes need a chunk_size > 0."""
   hyper = loss_config.to_dict()
   fn = losses.get(hyper.pop("name"))
-  accepted = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
-  for key in hyper:
-    if key not in accepted:
-      close = difflib.get_close_matches(key, accepted, n=1)
-      raise ValueError(
-        f"config.loss.{key} is not an argument of {loss_config.name}"
-        f"{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(a for a in accepted if a != 'axis_name')}."
-      )
+  check_kwargs(fn, hyper, "config.loss", loss_config.name)
   if hyper.get("mode", "dense") != "dense" and not hyper.get("chunk_size"):
     raise ValueError(f"loss.mode={hyper['mode']!r} needs loss.chunk_size > 0 (logit block width, e.g. 256).")
   return fn, hyper

@@ -8,8 +8,8 @@ Heads (each enabled by its config.model entry) and the outputs they give `losses
 config.loss.terms maps a name to a `losses.combine` term, e.g. clip=dict(name="clip_softmax_loss", weight=1.0,
 inputs=("image_emb", "text_emb", "logit_scale"), kwargs=dict(mode="dense")); the loss is sum_k weight_k * loss_k.
 CoCa (Yu et al. 2022) is the text tower + caption decoder with clip + caption terms: its decoder cross-attends to the
-image tokens and greedy-decodes captions at evaluation. Contrastive and classification heads see the clean image,
-the SimCLR head its two augmented views.
+image tokens and decodes captions at evaluation (decode_greedy; decode_contrastive: contrastive search, Su et al.
+2022). Contrastive and classification heads see the clean image, the SimCLR head its two augmented views.
 """
 
 from __future__ import annotations
@@ -200,9 +200,16 @@ def build(config, mesh: Mesh) -> Method:
 
   def decode_greedy(params, model_state, batch) -> jax.Array:
     """Greedy captions, int32 [b, max_text_len], cross-attending to the image tokens."""
-    decoder = models.build({"name": "caption_decoder", **model.decoder})
     image_tokens = features(params, model_state, batch)[1]
     return decoder.greedy_decode(params["caption_decoder"], image_tokens, max_len, tokenizer.bos_id, tokenizer.eos_id)
+
+  def decode_contrastive(params, model_state, batch, *, top_k: int = 4, alpha: float = 0.6) -> jax.Array:
+    """Contrastive-search captions (Su et al. 2022), int32 [b, max_text_len]: top_k candidates a step, degeneration
+    penalty alpha (the captioning evaluation's options)."""
+    image_tokens = features(params, model_state, batch)[1]
+    return decoder.contrastive_search(
+      params["caption_decoder"], image_tokens, max_len, tokenizer.bos_id, tokenizer.eos_id, top_k=top_k, alpha=alpha
+    )
 
   predict_fns = {"embed_image": embed_image}
   if model.text:
@@ -210,6 +217,7 @@ def build(config, mesh: Mesh) -> Method:
   if model.num_classes:
     predict_fns["classify"] = classify
   if model.decoder:
+    decoder = models.build({"name": "caption_decoder", **model.decoder})
     tokenizer, max_len = tokenization.get(config.data.tokenizer, config.data.tokenizer_path), config.data.max_text_len
-    predict_fns["decode_greedy"] = decode_greedy
+    predict_fns.update(decode_greedy=decode_greedy, decode_contrastive=decode_contrastive)
   return Method(init=init, loss_fn=loss_fn, predict_fns=predict_fns)

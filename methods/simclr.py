@@ -29,6 +29,7 @@ from methods.base import (
   normalize_images,
   on_mesh,
   stage_rngs,
+  view_encoder,
 )
 from parallel import mesh as mesh_lib
 from parallel import rows as rows_lib
@@ -74,12 +75,7 @@ def build(config, mesh: Mesh) -> Method:
     x = normalize_images(views(rng, batch["image"], augment, num_views), mean, std)
     return x.reshape((-1, num_views) + x.shape[1:])
 
-  def encode_fn(params, model_state, x, rng):
-    """Projections [b, V, D] of views [b, V, H, W, 3] (one forward pass over the V b images)."""
-    del rng
-    flat = x.reshape((-1,) + x.shape[2:])
-    (_, z), new_state = model.apply({"params": params, **model_state}, flat, train=True, mutable=list(model_state))
-    return z.reshape((-1, num_views) + z.shape[1:]), dict(new_state)
+  encode_fn = view_encoder(model, num_views)
 
   predict_fns = {"embed_image": backbone_embed(model, mean, std)}
   if has_feature_maps(model.backbone):

@@ -1,12 +1,12 @@
 """Captioning decoder for contrastive + generative hybrids (CoCa, Yu et al., 2022): a causal text transformer whose
-blocks also cross-attend to image tokens; greedy and contrastive-search decoding, and the rep-n repetition rate."""
+blocks also cross-attend to image tokens; greedy and contrastive-search decoding. Repetition of decoded captions is
+measured by evaluators/captioning.py (`repeated_ngram_rate`)."""
 
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from models.registry import register
 from models.text import PAD_ID
@@ -117,19 +117,3 @@ class CaptionDecoder(nn.Module):
 
     tokens, _, _ = jax.lax.fori_loop(0, max_len - 1, step, (tokens, jnp.zeros((b,), bool), first_logits))
     return tokens
-
-
-def repetition_rate(tokens: np.ndarray, n: int = 2, pad_id: int = PAD_ID) -> float:
-  """rep-n of generated sequences: 1 - unique n-grams / all n-grams (Welleck et al. 2020; Su et al. 2022, Sec. 5).
-
-  tokens: int [B, L], each row read up to its first `pad_id`. Returns the mean over rows with at least one n-gram
-  (0.0 when none has one); diversity in Su et al. is prod_{n=2..4} (1 - rep-n).
-  """
-  rates = []
-  for row in np.asarray(tokens):
-    end = np.flatnonzero(row == pad_id)
-    row = row[: end[0] if end.size else len(row)]
-    grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
-    if grams:
-      rates.append(1.0 - len(set(grams)) / len(grams))
-  return float(np.mean(rates)) if rates else 0.0

@@ -1,4 +1,4 @@
-"""Contrastive-search decoding of the captioning decoder and the rep-n repetition rate."""
+"""Contrastive-search decoding of the captioning decoder."""
 
 import functools
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import models
-from models.decoder import repetition_rate
 
 VOCAB, LEN = 12, 6
 
@@ -51,11 +50,3 @@ def test_contrastive_search_rejects_bad_settings(decoder):
   model, params, image_tokens = decoder
   with pytest.raises(ValueError, match="alpha"):
     model.contrastive_search(params, image_tokens, LEN, 1, 2, alpha=1.5)
-
-
-def test_repetition_rate_counts_repeated_ngrams_up_to_padding():
-  tokens = np.array([[5, 6, 5, 6, 0, 0], [1, 2, 3, 0, 4, 4], [7, 0, 0, 0, 0, 0]])
-  # Row 0: bigrams (5,6), (6,5), (5,6) -> 1 - 2/3; row 1: (1,2), (2,3) -> 0; row 2 has no bigram.
-  assert repetition_rate(tokens, n=2) == pytest.approx((1 / 3 + 0) / 2)
-  assert repetition_rate(tokens, n=1) == pytest.approx((1 - 2 / 4 + 0 + 0) / 3)
-  assert repetition_rate(np.zeros((2, 4), int), n=2) == 0.0

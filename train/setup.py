@@ -7,6 +7,8 @@ run = setup.build(config, abstract=True)   # shapes and shardings only, to resto
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,11 +42,17 @@ class Run:
     """The method's predict functions bound to `state` (its EMA params with config.eval_ema)."""
     state = evaluation_state(self.config, state)
     if not self.jitted_predict:
-      self.jitted_predict.update({name: jax.jit(fn) for name, fn in self.method.predict_fns.items()})
+      self.jitted_predict.update({name: jit_predict(fn) for name, fn in self.method.predict_fns.items()})
     return {
-      name: (lambda batch, fn=fn: fn(state.params, state.model_state, batch))
+      name: (lambda batch, fn=fn, **options: fn(state.params, state.model_state, batch, **options))
       for name, fn in self.jitted_predict.items()
     }
+
+
+def jit_predict(fn: Callable) -> Callable:
+  """jax.jit of a predict function; its keyword-only options (e.g. decode_contrastive's top_k) are static."""
+  options = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+  return jax.jit(fn, static_argnames=options)
 
 
 def evaluation_state(config, state: TrainState) -> TrainState:
