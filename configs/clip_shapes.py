@@ -36,16 +36,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "jsonl" in args:
     c.data.update(common.jsonl_pairs(), hard_negatives=False)
     c.batch_size, c.total_steps = 256, 1000
-  if "pretrained" in args:
-    # Tower blocks are placeholders: train.setup fills config.model and config.data from the checkpoint.
-    c.pretrained.kind = "clip_hf"
-    c.model = default.two_tower_model(dict(name="vit"), dict(name="text_transformer"))
-    c.optimizer.update(dict(base_lr=1e-5, warmup_steps=50))  # fine-tuning: a small step from the released weights
-    c.total_steps = 500
-  if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    common.tiny(c)
-  if "tiny" in args and "pretrained" not in args:
-    c.model.image = common.vit(width=16, depth=1, num_heads=2) if "vit" in args else common.resnet((1,), width=8)
-    c.model.text.update(common.tiny_text())
-    c.model.embed_dim = 16
+  common.two_tower_arguments(c, args, pretrained_kind="clip_hf")
   return c

@@ -98,6 +98,65 @@ def image_text_evals(**zero_shot) -> ml_collections.ConfigDict:
   )
 
 
+def two_tower_arguments(c: ml_collections.ConfigDict, args: set[str], *, pretrained_kind: str) -> None:
+  """Applies the config arguments "pretrained" and "tiny" of the CLIP-style recipes (clip_shapes, siglip_shapes) to
+  c in place: pretrained fine-tunes a Hugging Face checkpoint of `pretrained_kind` (config.pretrained.kind); tiny
+  shrinks the run and, unless pretrained, the towers ("vit" in args: the ViT image tower)."""
+  if "pretrained" in args:
+    # Tower blocks are placeholders: train.setup fills config.model and config.data from the checkpoint.
+    c.pretrained.kind = pretrained_kind
+    c.model = default.two_tower_model(dict(name="vit"), dict(name="text_transformer"))
+    c.optimizer.update(dict(base_lr=1e-5, warmup_steps=50))  # fine-tuning: a small step from the released weights
+    c.total_steps = 500
+  if "tiny" in args:  # seconds on CPU: tests and smoke runs
+    tiny(c)
+  if "tiny" in args and "pretrained" not in args:
+    c.model.image = vit(width=16, depth=1, num_heads=2) if "vit" in args else resnet((1,), width=8)
+    c.model.text.update(tiny_text())
+    c.model.embed_dim = 16
+
+
+def resnet_with_head(method: str, *, batch_size: int) -> ml_collections.ConfigDict:
+  """The base of the image recipes with a projection head (simclr, supcon, moco, swav): 600 steps, a 4-stage 16-wide
+  CIFAR ResNet and a 2-layer 256-64 MLP head; logs every 20 steps, keeps 3 checkpoints, one every 200 steps."""
+  c = base(method, batch_size=batch_size, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
+  c.model.update(resnet())
+  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  return c
+
+
+def resnet_arguments(c: ml_collections.ConfigDict, args: set[str]) -> None:
+  """Applies the config arguments "cifar10" and "tiny" of the ResNet recipes with a head (moco_shapes, swav_shapes) to
+  c in place, after the recipe's own: cifar10 = ../shared/data CIFAR-10 on ResNet-18 stages for 5000 steps; tiny =
+  a run of seconds with AdamW, a one-stage 8-wide ResNet and a 16-wide head."""
+  if "cifar10" in args:
+    c.data.update(cifar10_npz())
+    c.model.stage_sizes = (2, 2, 2, 2)
+    c.total_steps = 5000
+  if "tiny" in args:  # seconds on CPU: tests and smoke runs
+    tiny(c, adamw=True)
+    c.model.update(resnet((1,), width=8))
+    c.head.update(dict(hidden_dim=16, out_dim=16))
+
+
+def embedding_recipe(c: ml_collections.ConfigDict, args: set[str], *, knn_k: int, tiny_model: dict) -> None:
+  """Sets the evaluations and export of the recipes whose encoder is neither an image nor a text tower (graph_tu,
+  timeseries_ucr) and applies their "tiny" argument, in place: kNN with knn_k neighbours and a 100-epoch linear
+  probe, both also at step 0 (the untrained encoder as the baseline); no export; tiny = a run of seconds with the
+  model overrides tiny_model and a 16-wide head."""
+  c.evals = ml_collections.ConfigDict(
+    dict(
+      knn=default.eval_config("knn", k=knn_k, at_start=True),
+      linear_probe=default.eval_config("linear_probe", epochs=100, at_start=True),
+    )
+  )
+  c.export.enabled = False  # export/ writes image and text towers only
+  if "tiny" in args:  # seconds on CPU: tests and smoke runs
+    tiny(c)
+    c.model.update(tiny_model)
+    c.head.update(dict(hidden_dim=16, out_dim=16))
+
+
 # Evaluation options that tiny runs shrink, by option name.
 _TINY_EVAL = dict(batch_size=32, train_examples=64, k=10, epochs=5)
 

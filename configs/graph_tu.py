@@ -12,7 +12,7 @@ Arguments (comma separated): tiny. Needs the grakel wheel (`pip install --no-dep
 
 import ml_collections
 
-from configs import common, default
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,16 +28,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(augmentations=("drop_nodes", "subgraph", "drop_edges", "mask_features"), strength=0.2)
   )
   c.optimizer.update(dict(name="adamw", base_lr=1e-3, weight_decay=0.0, warmup_steps=20))
-  c.evals = ml_collections.ConfigDict(
-    dict(
-      knn=default.eval_config("knn", k=10, at_start=True),
-      linear_probe=default.eval_config("linear_probe", epochs=100, at_start=True),
-    )
-  )
-  c.export.enabled = False  # export/ writes image and text towers only
-
-  if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    common.tiny(c)
-    c.model.update(dict(width=16, depth=2))
-    c.head.update(dict(hidden_dim=16, out_dim=16))
+  common.embedding_recipe(c, args, knn_k=10, tiny_model=dict(width=16, depth=2))
   return c

@@ -15,10 +15,7 @@ from configs import common, default
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "mochi", "cifar10"))
-  c = common.base("moco", batch_size=256, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-
-  c.model.update(common.resnet())
-  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c = common.resnet_with_head("moco", batch_size=256)
   c.moco = default.moco()
   c.moco.momentum = 0.99
   c.loss.update(dict(name="nt_xent", temperature=0.2))
@@ -31,15 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "mochi" in args:
     c.loss.update(dict(name="mochi", num_hard=512, num_mixed=128, num_query_mixed=64, query_mix_max=0.5))
   if "cifar10" in args:
-    c.data.update(common.cifar10_npz())
-    c.model.stage_sizes = (2, 2, 2, 2)
     c.moco.queue_size = 8192
-    c.total_steps = 5000
-  if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    common.tiny(c, adamw=True)
-    c.model.update(common.resnet((1,), width=8))
-    c.head.update(dict(hidden_dim=16, out_dim=16))
+  if "tiny" in args:
     c.moco.update(dict(queue_size=48, momentum=0.9))
     if "mochi" in args:
       c.loss.update(dict(num_hard=16, num_mixed=8, num_query_mixed=4))
+  common.resnet_arguments(c, args)
   return c

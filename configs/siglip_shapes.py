@@ -2,16 +2,10 @@
 bias; reports zero-shot accuracy and retrieval R@1/R@5.
 
     python main.py --config=configs/siglip_shapes.py --workdir=workdirs/siglip
-    python main.py --config=configs/siglip_shapes.py:vit,causal --workdir=workdirs/siglip_vit   # ViT + causal text
-    python main.py --config=configs/siglip_shapes.py:tiny --workdir=/tmp/w                     # seconds, for tests
-    python main.py --config=configs/siglip_shapes.py:jsonl --config.data.path=pairs/{split}.jsonl --workdir=...
-    --config.loss.mode=ring --config.loss.chunk_size=64     # chunked / ring logits (same loss and gradients)
     python main.py --config=configs/siglip_shapes.py:pretrained --config.pretrained.path=DIR --workdir=...   # HF SiglipModel
 
-Arguments (comma separated): tiny, vit (image tower; default a ResNet), causal (text tower with causal attention
-and EOT pooling, as CLIP; default bidirectional with mean pooling), jsonl (image-text pairs), pretrained (fine-tune a
-Hugging Face SiglipModel directory, --config.pretrained.path: it sets the towers, projections, logit scale
-and the data's image size, mean / std, tokenizer and text length; see methods/pretrained.py).
+The arguments (tiny, vit, causal, jsonl, pretrained) and loss modes are those of configs/clip_shapes.py; here
+pretrained fine-tunes a Hugging Face SiglipModel directory, and jsonl keeps the batch size and steps.
 """
 
 import ml_collections
@@ -37,16 +31,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if "jsonl" in args:
     c.data.update(common.jsonl_pairs())
-  if "pretrained" in args:
-    # Tower blocks are placeholders: train.setup fills config.model and config.data from the checkpoint.
-    c.pretrained.kind = "siglip_hf"
-    c.model = default.two_tower_model(dict(name="vit"), dict(name="text_transformer"))
-    c.optimizer.update(dict(base_lr=1e-5, warmup_steps=50))  # fine-tuning: a small step from the released weights
-    c.total_steps = 500
-  if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    common.tiny(c)
-  if "tiny" in args and "pretrained" not in args:
-    c.model.image = common.vit(width=16, depth=1, num_heads=2) if "vit" in args else common.resnet((1,), width=8)
-    c.model.text.update(common.tiny_text())
-    c.model.embed_dim = 16
+  common.two_tower_arguments(c, args, pretrained_kind="siglip_hf")
   return c

@@ -60,10 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   objectives = [a for a in OBJECTIVES if a in args]
   if len(objectives) > 1:
     raise ValueError(f"simclr_shapes takes one objective, got {objectives}.")
-  c = common.base("simclr", batch_size=128, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-
-  c.model.update(common.resnet())
-  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c = common.resnet_with_head("simclr", batch_size=128)
   c.simclr = default.simclr()
   c.loss.update(dict(name="nt_xent", temperature=0.2))
   # Flat-coloured shapes: a full hue turn so colour cannot identify an image.

@@ -15,10 +15,7 @@ from configs import common, default
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "cifar10", "soft"))
-  c = common.base("supcon", batch_size=256, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-
-  c.model.update(common.resnet())
-  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c = common.resnet_with_head("supcon", batch_size=256)
   c.loss.update(dict(name="supcon", temperature=0.1))
   c.supcon = default.supcon()
   c.augment = default.image_augment(crop_scale=(0.2, 1.0))

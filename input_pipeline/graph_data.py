@@ -8,21 +8,16 @@ or the same files from any folder of unpacked TU sets: `<root>/<name>/<name>_A.t
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 
 import numpy as np
 
-_GRAKEL_TU = "grakel/tests/data"
+from input_pipeline.sources import wheel_data_dir
 
 
 def packaged_tu_root() -> str | None:
   """The folder of TU sets inside the installed grakel wheel, or None without it."""
-  try:
-    root = str(importlib.metadata.distribution("grakel").locate_file(_GRAKEL_TU))
-  except importlib.metadata.PackageNotFoundError:
-    return None
-  return root if os.path.isdir(root) else None
+  return wheel_data_dir("grakel", "grakel/tests/data")
 
 
 def load_tu(name: str = "MUTAG", root: str | None = None) -> dict[str, np.ndarray]:

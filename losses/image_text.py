@@ -70,9 +70,8 @@ def siglip_loss(
   """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, alg. 1; open_clip SigLipLoss).
 
   Args:
-    image_emb, text_emb: [n, D] local embeddings; row i of each is a matching pair.
+    image_emb, text_emb, mode, chunk_size, axis_name: as in `clip_softmax_loss`.
     logit_scale: t > 0 (not its logarithm); logit_bias: b (SigLIP initialises -10).
-    mode, chunk_size, axis_name: as in `clip_softmax_loss`.
 
   With z_ij = t x_i . y_j + b and labels y_ij = +1 if i == j else -1 over the global batch,
     L = -1/N sum_{i,j} log sigmoid(y_ij z_ij) = 1/N [ sum_{i,j} softplus(z_ij) - sum_i z_ii ].

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 import losses
@@ -151,9 +152,24 @@ def view_encoder(model: EncoderWithHead, num_views: int) -> EncodeFn:
   return encode_fn
 
 
-def two_view_stages(model: EncoderWithHead, loss: Callable[..., jax.Array]) -> tuple[EncodeFn, EmbeddingLossFn]:
-  """encode_fn (`view_encoder` of two views) and embedding_loss_fn of a two-view method (the series / graph versions
-  of SimCLR): loss(z[:, 0], z[:, 1]) in float32 whatever the model's compute dtype."""
+def two_view_method(
+  model: EncoderWithHead,
+  loss: Callable[..., jax.Array],
+  input_keys: tuple[str, ...],
+  prepare_fn: PrepareFn,
+  predict_name: str,
+) -> Method:
+  """A two-view method (the series / graph versions of SimCLR) in stages: the model's positional inputs are
+  batch[k] for k in input_keys; prepare_fn gives both views of them ([B, 2, ...] each); the loss is
+  loss(z[:, 0], z[:, 1]) in float32 whatever the model's compute dtype; predict_fns[predict_name] is the encoder's
+  embedding before the head."""
+
+  def init(rng, batch):
+    variables = model.init(rng, *(batch[k][:2] for k in input_keys), train=False)
+    params = variables.pop("params")
+    return params, dict(variables), {}
+
+  encode_fn = view_encoder(model, 2)
 
   def embedding_loss_fn(params, extra, z, rng):
     del params, rng
@@ -161,7 +177,29 @@ def two_view_stages(model: EncoderWithHead, loss: Callable[..., jax.Array]) -> t
     value = loss(z[:, 0], z[:, 1])
     return value, (extra, {"loss": value})
 
-  return view_encoder(model, 2), embedding_loss_fn
+  def embed(params, model_state, batch) -> jax.Array:
+    h, _ = model.apply({"params": params, **model_state}, *(batch[k] for k in input_keys), train=False, project=False)
+    return h
+
+  return Method(
+    init=init,
+    loss_fn=compose_loss(prepare_fn, encode_fn, embedding_loss_fn),
+    predict_fns={predict_name: embed},
+    prepare_fn=prepare_fn,
+    encode_fn=encode_fn,
+    embedding_loss_fn=embedding_loss_fn,
+  )
+
+
+def momentum_update(momentum: float) -> Callable[[Any, Any, jax.Array], Any]:
+  """Method.after_update of a momentum (key) encoder: key_params <- m key_params + (1 - m) params, m = momentum,
+  on extra["key_params"] (MoCo, He et al. 2020)."""
+
+  def after_update(params, extra, step):
+    del step
+    return {**extra, "key_params": optax.incremental_update(params, extra["key_params"], 1.0 - momentum)}
+
+  return after_update
 
 
 def compose_loss(prepare_fn: PrepareFn, encode_fn: EncodeFn, embedding_loss_fn: EmbeddingLossFn) -> LossFn:

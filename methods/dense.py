@@ -20,7 +20,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 
 import losses
@@ -33,6 +32,7 @@ from methods.base import (
   backbone_pixels,
   loss_from_config,
   model_spec,
+  momentum_update,
   normalize_images,
   on_mesh,
 )
@@ -99,10 +99,6 @@ def build(config, mesh: Mesh) -> Method:
     overlap = jnp.mean(jnp.any(positive, axis=(1, 2)))
     return value, (dict(new_state), extra, {"loss": value, "overlapping_views": overlap})
 
-  def after_update(params, extra, step):
-    del step
-    return {**extra, "key_params": optax.incremental_update(params, extra["key_params"], 1.0 - momentum)}
-
   return Method(
     init=init,
     loss_fn=loss_fn,
@@ -110,5 +106,5 @@ def build(config, mesh: Mesh) -> Method:
       "embed_image": backbone_embed(encoder, mean, std),
       "embed_pixels": backbone_pixels(encoder, mean, std),
     },
-    after_update=after_update,
+    after_update=momentum_update(momentum),
   )

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from input_pipeline import views_graph
-from methods.base import Method, check_kwargs, compose_loss, encoder_with_head, loss_from_config, on_mesh
-from methods.base import two_view_stages
+from methods.base import Method, check_kwargs, encoder_with_head, loss_from_config, on_mesh, two_view_method
 
 GRAPH_KEYS = ("x", "adj", "node_mask")
 
@@ -29,28 +28,10 @@ def build(config, mesh: Mesh) -> Method:
     views_graph.random_view, config.augment.to_dict(), "config.augment", "input_pipeline.views_graph.random_view"
   )
 
-  def init(rng, batch):
-    variables = model.init(rng, *(batch[k][:2] for k in GRAPH_KEYS), train=False)
-    params = variables.pop("params")
-    return params, dict(variables), {}
-
   def prepare_fn(batch, rng):
     """Both views of each graph: (x [B, 2, N, F], adj [B, 2, N, N], node_mask [B, 2, N])."""
     graphs = {k: batch[k] for k in GRAPH_KEYS}
     views = [views_graph.random_view(jax.random.fold_in(rng, v), graphs, **augment) for v in range(2)]
     return tuple(jnp.stack([views[0][k], views[1][k]], axis=1) for k in GRAPH_KEYS)
 
-  encode_fn, embedding_loss_fn = two_view_stages(model, loss)
-
-  def embed_graph(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply({"params": params, **model_state}, *(batch[k] for k in GRAPH_KEYS), train=False, project=False)
-    return h
-
-  return Method(
-    init=init,
-    loss_fn=compose_loss(prepare_fn, encode_fn, embedding_loss_fn),
-    predict_fns={"embed_graph": embed_graph},
-    prepare_fn=prepare_fn,
-    encode_fn=encode_fn,
-    embedding_loss_fn=embedding_loss_fn,
-  )
+  return two_view_method(model, loss, GRAPH_KEYS, prepare_fn, "embed_graph")

@@ -13,12 +13,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 
 import losses
 from input_pipeline import augment_jax
-from methods.base import Method, backbone_embed, encoder_with_head, loss_from_config, normalize_images, on_mesh
+from methods.base import Method, backbone_embed, encoder_with_head, loss_from_config, momentum_update, normalize_images
+from methods.base import on_mesh
 
 
 def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,13 +62,9 @@ def build(config, mesh: Mesh) -> Method:
     queue, ptr = enqueue(extra["queue"], extra["queue_ptr"], k)
     return value, (dict(new_state), {**extra, "queue": queue, "queue_ptr": ptr}, {"loss": value})
 
-  def after_update(params, extra, step):
-    del step
-    return {**extra, "key_params": optax.incremental_update(params, extra["key_params"], 1.0 - momentum)}
-
   return Method(
     init=init,
     loss_fn=loss_fn,
     predict_fns={"embed_image": backbone_embed(model, mean, std)},
-    after_update=after_update,
+    after_update=momentum_update(momentum),
   )

@@ -31,12 +31,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 
 import losses
 from methods import pretrained
-from methods.base import Method, encoder_with_head, loss_from_config, on_mesh
+from methods.base import Method, encoder_with_head, loss_from_config, momentum_update, on_mesh
 from methods.moco import enqueue
 
 LOSSES = ("supcon", "weighted_info_nce", "debiased_info_nce")
@@ -181,14 +180,9 @@ def build(config, mesh: Mesh) -> Method:
       value = on_mesh(_labelled_supcon, mesh, num_inputs=2, **hyper)(z, labels)
     return value, (model_state, new_extra, {"loss": value})
 
-  def after_update(params, extra, step):
-    del step
-    if not queue_size:
-      return extra
-    return {**extra, "key_params": optax.incremental_update(params, extra["key_params"], 1.0 - momentum)}
-
   def embed_text(params, model_state, batch) -> jax.Array:
     h, _ = model.apply({"params": params, **model_state}, text_tokens(batch), train=False, project=False)
     return h
 
-  return Method(init=init, loss_fn=loss_fn, predict_fns={"embed_text": embed_text}, after_update=after_update)
+  key_encoder = {"after_update": momentum_update(momentum)} if queue_size else {}
+  return Method(init=init, loss_fn=loss_fn, predict_fns={"embed_text": embed_text}, **key_encoder)

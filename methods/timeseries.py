@@ -18,8 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from input_pipeline import views_timeseries as vts
-from methods.base import Method, check_kwargs, compose_loss, encoder_with_head, loss_from_config, on_mesh
-from methods.base import two_view_stages
+from methods.base import Method, check_kwargs, encoder_with_head, loss_from_config, on_mesh, two_view_method
 
 VIEW_KINDS = ("tstcc", "ts2vec")
 
@@ -53,26 +52,8 @@ def build(config, mesh: Mesh) -> Method:
   if augment.get("kind", "tstcc") not in VIEW_KINDS:
     raise ValueError(f"config.augment.kind={augment['kind']!r}; choose one of {', '.join(VIEW_KINDS)}.")
 
-  def init(rng, batch):
-    variables = model.init(rng, batch["series"][:2], train=False)
-    params = variables.pop("params")
-    return params, dict(variables), {}
-
   def prepare_fn(batch, rng):
     """Both views of each series: [B, 2, T', C]."""
     return jnp.stack(two_views(rng, batch["series"].astype(jnp.float32), **augment), axis=1)
 
-  encode_fn, embedding_loss_fn = two_view_stages(model, loss)
-
-  def embed_series(params, model_state, batch) -> jax.Array:
-    h, _ = model.apply({"params": params, **model_state}, batch["series"], train=False, project=False)
-    return h
-
-  return Method(
-    init=init,
-    loss_fn=compose_loss(prepare_fn, encode_fn, embedding_loss_fn),
-    predict_fns={"embed_series": embed_series},
-    prepare_fn=prepare_fn,
-    encode_fn=encode_fn,
-    embedding_loss_fn=embedding_loss_fn,
-  )
+  return two_view_method(model, loss, ("series",), prepare_fn, "embed_series")

@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from models.bert import Bert
+from models.hf_clip import encoder_kwargs
 
 # Checkpoint tensors that Bert has no use for: the [CLS] pooler, the MLM head, a position-id buffer.
 IGNORED_PREFIXES = ("pooler.", "cls.", "embeddings.position_ids")
@@ -51,11 +52,7 @@ def bert_kwargs(config: Mapping[str, Any]) -> dict:
     vocab_size=config["vocab_size"],
     max_positions=config["max_position_embeddings"],
     type_vocab_size=config["type_vocab_size"],
-    width=config["hidden_size"],
-    depth=config["num_hidden_layers"],
-    num_heads=config["num_attention_heads"],
-    mlp_dim=config["intermediate_size"],
-    layer_norm_epsilon=config["layer_norm_eps"],
+    **encoder_kwargs(config),
     dropout_rate=config["hidden_dropout_prob"],
   )
 

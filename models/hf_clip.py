@@ -52,6 +52,24 @@ PREPROCESSING = {
 }
 
 Names = dict[tuple[str, ...], tuple[str, str]]  # our param path -> (checkpoint tensor name, layout)
+# Our transformer encoders' kwargs -> the Hugging Face config keys that hold them (BERT, CLIP and SigLIP alike).
+HF_ENCODER_KEYS = {
+  "width": "hidden_size",
+  "depth": "num_hidden_layers",
+  "num_heads": "num_attention_heads",
+  "mlp_dim": "intermediate_size",
+  "layer_norm_epsilon": "layer_norm_eps",
+}
+
+
+def encoder_kwargs(hf: Mapping[str, Any]) -> dict:
+  """Width, depth, heads, MLP width and layer-norm epsilon of a Hugging Face transformer config, in our names."""
+  return {ours: hf[theirs] for ours, theirs in HF_ENCODER_KEYS.items()}
+
+
+def hf_encoder_config(kwargs: Mapping[str, Any]) -> dict:
+  """The inverse of `encoder_kwargs`: those five settings of our (filled-in) encoder kwargs in Hugging Face names."""
+  return {theirs: kwargs[ours] for ours, theirs in HF_ENCODER_KEYS.items()}
 
 
 def _activation(name: str) -> str:
@@ -79,25 +97,17 @@ def two_tower_kwargs(config: Mapping[str, Any]) -> dict:
     raise ValueError("vision_config.vision_use_head=false: a SigLIP vision tower without MAP head has no embedding")
   image_kwargs = dict(
     patch_size=v["patch_size"],
-    width=v["hidden_size"],
-    depth=v["num_hidden_layers"],
-    num_heads=v["num_attention_heads"],
-    mlp_dim=v["intermediate_size"],
+    **encoder_kwargs(v),
     pool="cls" if clip else "map",
     patch_bias=not clip,
     ln_pre=clip,
-    layer_norm_epsilon=v["layer_norm_eps"],
     activation=_activation(v["hidden_act"]),
   )
   text_kwargs = dict(
     vocab_size=t["vocab_size"],
     context_length=t["max_position_embeddings"],
-    width=t["hidden_size"],
-    depth=t["num_hidden_layers"],
-    num_heads=t["num_attention_heads"],
-    mlp_dim=t["intermediate_size"],
+    **encoder_kwargs(t),
     causal=clip,
-    layer_norm_epsilon=t["layer_norm_eps"],
     activation=_activation(t["hidden_act"]),
   )
   if clip:
@@ -152,24 +162,16 @@ def hf_config(kwargs: Mapping[str, Any], image_size: int, base: Mapping[str, Any
     config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value
   config.pop("torch_dtype", None)  # transformers < 5's name of "dtype"; to_hf writes the params' dtype there
   config["vision_config"].update(
-    hidden_size=image["width"],
-    intermediate_size=image["mlp_dim"],
-    num_hidden_layers=image["depth"],
-    num_attention_heads=image["num_heads"],
+    hf_encoder_config(image),
     image_size=image_size,
     patch_size=image["patch_size"],
     hidden_act=HF_ACTIVATIONS.get(image["activation"], image["activation"]),
-    layer_norm_eps=image["layer_norm_epsilon"],
   )
   config["text_config"].update(
+    hf_encoder_config(text),
     vocab_size=text["vocab_size"],
-    hidden_size=text["width"],
-    intermediate_size=text["mlp_dim"],
-    num_hidden_layers=text["depth"],
-    num_attention_heads=text["num_heads"],
     max_position_embeddings=text["context_length"],
     hidden_act=HF_ACTIVATIONS.get(text["activation"], text["activation"]),
-    layer_norm_eps=text["layer_norm_epsilon"],
   )
   embed_dim = kwargs.get("embed_dim", TwoTower.embed_dim)
   if kind == "clip":

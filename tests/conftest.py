@@ -1,6 +1,7 @@
 """Every test runs on 8 fake CPU devices; must run before jax is imported."""
 
 import os
+import subprocess
 import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -8,7 +9,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 # Many tests compile the same functions (one train step per test run); a persistent cache makes repeats cheap.
 import jax  # noqa: E402
@@ -16,7 +18,39 @@ import jax  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ.get("TMPDIR", "/tmp"), "jax_cache_contrastive"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sharding():
+  """Batch sharding over the 8 fake devices' "data" axis."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.sharding.NamedSharding(mesh, jax.P("data"))
+
+
+def embed_cli(workdir, artifact, source, output, *flags: str) -> subprocess.CompletedProcess:
+  """`main.py --mode=embed` on source in a subprocess, as a user runs it; stdout / stderr captured as text."""
+  command = [
+    sys.executable,
+    "main.py",
+    "--mode=embed",
+    f"--workdir={workdir}",
+    f"--artifact={artifact}",
+    f"--input={source}",
+    f"--output={output}",
+    *flags,
+  ]
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def nt_xent_denominators(z1, z2, tau):
+  """Per sample i: s_i = cos(z1_i, z2_i) / tau and the NT-Xent denominators D1_i, D2_i (all but self), float64."""
+  u = np.concatenate([z1, z2]).astype(np.float64)
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  e = np.exp(u @ u.T / tau) * (1 - np.eye(len(u)))
+  n = len(z1)
+  return np.sum(u[:n] * u[n:], 1) / tau, e[:n].sum(1), e[n:].sum(1)
 
 
 @pytest.fixture(scope="session")

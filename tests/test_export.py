@@ -2,8 +2,6 @@
 process's evaluation embeddings of a folder of images."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,9 +13,8 @@ import input_pipeline
 from configs import default
 from evaluators import common
 from export import embed, jax_export
+from conftest import embed_cli
 from train import trainer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +69,7 @@ def test_embed_cli_on_a_folder_gives_the_training_evaluation_embeddings_and_list
 ):
   config, run, method, state, out = simclr_export
   good = _image_folder(tmp_path / "photos")
-  r = subprocess.run(
-    [
-      sys.executable,
-      "main.py",
-      "--mode=embed",
-      f"--workdir={tmp_path}",
-      f"--artifact={out}",
-      f"--input={tmp_path / 'photos'}",
-      f"--output={tmp_path / 'emb'}",
-      "--embed_batch_size=8",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  r = embed_cli(tmp_path, out, tmp_path / "photos", tmp_path / "emb", "--embed_batch_size=8")
   assert r.returncode == 0, r.stderr
   assert "embedded 3 of 5 records" in r.stdout and "skipped 2 (empty: 1, not an image: 1)" in r.stdout
   index = list(embed.read_index(str(tmp_path / "emb")))

@@ -23,7 +23,8 @@ from export import jax_export, writers
 from models import convert
 from records import images
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, embed_cli
+
 SENTENCES = [
   "a small red circle on a blue background",
   "a large green square on a white background",
@@ -114,21 +115,7 @@ def test_tokenizer_in_the_export_directory_matches_the_training_tokenizer(run, r
 def test_embed_cli_on_a_text_file_gives_the_training_text_embeddings(run, request, tmp_path):
   _, _, _, out, expected = request.getfixturevalue(run)
   (tmp_path / "sentences.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-  r = subprocess.run(
-    [
-      sys.executable,
-      "main.py",
-      "--mode=embed",
-      f"--workdir={tmp_path}",
-      f"--artifact={out}",
-      f"--input={tmp_path / 'sentences.txt'}",
-      f"--output={tmp_path / 'emb'}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  r = embed_cli(tmp_path, out, tmp_path / "sentences.txt", tmp_path / "emb")
   assert r.returncode == 0, r.stderr
   from export import embed
 

@@ -20,6 +20,8 @@ from parallel import mesh as mesh_lib
 from parallel import partition
 from parallel import rows as rows_lib
 
+from conftest import nt_xent_denominators
+
 
 @pytest.fixture(scope="module")
 def mesh8():
@@ -107,15 +109,6 @@ def test_isogclr_table_step_on_8_devices_follows_the_paper_step(mesh8):
     np.testing.assert_array_equal(new["s_x"][untouched], 0.0)
 
 
-def _denominators(z1, z2, tau):
-  """Per sample: s_i = cos(z1_i, z2_i) / tau and NT-Xent's denominators D1_i, D2_i (all but self), float64."""
-  u = np.concatenate([z1, z2]).astype(np.float64)
-  u /= np.linalg.norm(u, axis=1, keepdims=True)
-  e = np.exp(u @ u.T / tau) * (1 - np.eye(len(u)))
-  n = len(z1)
-  return np.sum(u[:n] * u[n:], 1) / tau, e[:n].sum(1), e[n:].sum(1)
-
-
 def test_simclr_with_two_views_mv_info_nce_is_nt_xent_plus_log_cosh_of_the_denominator_gap(mesh8):
   """Through the method: MV-InfoNCE on V = 2 views = NT-Xent + mean_i log cosh((log D1_i - log D2_i) / 2) >= NT-Xent
   (equal only when each sample's two denominators match), on the same embeddings."""
@@ -127,7 +120,7 @@ def test_simclr_with_two_views_mv_info_nce_is_nt_xent_plus_log_cosh_of_the_denom
   zs = jax.device_put(z, mesh_lib.batch_sharding(mesh8))
   both = jax.jit(lambda z: [m.embedding_loss_fn(None, {}, z, None)[0] for m in (mv, ntx)])
   mv_value, ntx_value = (float(v) for v in both(zs))
-  s, d1, d2 = _denominators(z[:, 0], z[:, 1], config.loss.temperature)
+  s, d1, d2 = nt_xent_denominators(z[:, 0], z[:, 1], config.loss.temperature)
   np.testing.assert_allclose(ntx_value, np.mean((np.log(d1) + np.log(d2)) / 2 - s), rtol=1e-5)
   gap = np.mean(np.log(np.cosh((np.log(d1) - np.log(d2)) / 2)))
   np.testing.assert_allclose(mv_value, ntx_value + gap, rtol=1e-5)

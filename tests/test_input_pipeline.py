@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -16,12 +15,6 @@ def small_config(**overrides):
   config.train_size, config.test_size, config.tokenizer = 96, 40, "bytes"
   config.update(overrides)
   return config
-
-
-@pytest.fixture(scope="module")
-def sharding():
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  return jax.sharding.NamedSharding(mesh, jax.P("data"))
 
 
 def labels_of(iterator, n):

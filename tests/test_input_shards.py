@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tracemalloc
 
-import jax
 import numpy as np
 import pytest
 
@@ -49,12 +48,6 @@ def config(root, fmt, **overrides):
   c.update(dict(name=fmt, path=str(root / fmt / ("{split}-*." + ext)), image_size=SIZE, shuffle_buffer=16))
   c.update(overrides)
   return c
-
-
-@pytest.fixture(scope="module")
-def sharding():
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  return jax.sharding.NamedSharding(mesh, jax.P("data"))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -4,7 +4,6 @@ import io
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,12 +14,6 @@ from input_pipeline import shapes
 from conftest import SHARED_DATA
 
 SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def sharding():
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  return jax.sharding.NamedSharding(mesh, jax.P("data"))
 
 
 def config(name, path="", **overrides):

@@ -24,32 +24,27 @@ def _unit(seed, *shape):
   return losses.l2_normalize(_normal(seed, *shape))
 
 
-# name: (loss(*args, axis_name), args, in_specs of args, indices of args to differentiate)
-CASES = {
-  "nt_xent": (
-    lambda a, b, axis_name: losses.nt_xent(a, b, temperature=0.2, axis_name=axis_name),
+def _two_views(loss, **hyper):
+  """The case of a loss of two batch-sharded [N, D] embeddings, differentiated w.r.t. both."""
+  return (
+    lambda a, b, axis_name: loss(a, b, axis_name=axis_name, **hyper),
     (_normal(0, N, D), _normal(1, N, D)),
     (B, B),
     (0, 1),
-  ),
+  )
+
+
+# name: (loss(*args, axis_name), args, in_specs of args, indices of args to differentiate)
+CASES = {
+  "nt_xent": _two_views(losses.nt_xent, temperature=0.2),
   "nt_xent_queue": (
     lambda a, b, q, axis_name: losses.nt_xent(a, b, queue=q, axis_name=axis_name),
     (_normal(0, N, D), _normal(1, N, D), _normal(2, 12, D)),
     (B, B, R),
     (0, 1),
   ),
-  "dcl": (
-    lambda a, b, axis_name: losses.dcl(a, b, axis_name=axis_name),
-    (_normal(0, N, D), _normal(1, N, D)),
-    (B, B),
-    (0, 1),
-  ),
-  "dclw": (
-    lambda a, b, axis_name: losses.dclw(a, b, axis_name=axis_name),
-    (_normal(0, N, D), _normal(1, N, D)),
-    (B, B),
-    (0, 1),
-  ),
+  "dcl": _two_views(losses.dcl),
+  "dclw": _two_views(losses.dclw),
   "mv_info_nce": (
     lambda v, axis_name: losses.mv_info_nce(v, axis_name=axis_name),
     (_normal(0, 3, N, D),),
@@ -88,18 +83,8 @@ CASES = {
     (B, B, R, R),
     (0, 1, 2, 3),
   ),
-  "barlow_twins": (
-    lambda a, b, axis_name: losses.barlow_twins(a, b, axis_name=axis_name),
-    (_normal(0, N, D), _normal(1, N, D)),
-    (B, B),
-    (0, 1),
-  ),
-  "vicreg": (
-    lambda a, b, axis_name: losses.vicreg(a, b, axis_name=axis_name),
-    (_normal(0, N, D), _normal(1, N, D)),
-    (B, B),
-    (0, 1),
-  ),
+  "barlow_twins": _two_views(losses.barlow_twins),
+  "vicreg": _two_views(losses.vicreg),
   "swav": (
     lambda h, l, axis_name: losses.swav(h, l, axis_name=axis_name),
     (jnp.tanh(_normal(0, 2, N, K)), jnp.tanh(_normal(1, 2, N, K))),
@@ -112,12 +97,7 @@ CASES = {
     (P(None, "data"), P(None, "data")),
     (0,),
   ),
-  "alignment": (
-    lambda a, b, axis_name: losses.alignment(a, b, axis_name=axis_name),
-    (_normal(0, N, D), _normal(1, N, D)),
-    (B, B),
-    (0, 1),
-  ),
+  "alignment": _two_views(losses.alignment),
   "uniformity": (lambda a, axis_name: losses.uniformity(a, axis_name=axis_name), (_normal(0, N, D),), (B,), (0,)),
   "token_cross_entropy": (
     lambda logits, y, m, axis_name: losses.token_cross_entropy(logits, y, m, label_smoothing=0.1, axis_name=axis_name),

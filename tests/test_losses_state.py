@@ -9,6 +9,8 @@ import pytest
 
 import losses
 
+from conftest import nt_xent_denominators
+
 
 def _normal(seed, *shape):
   return jax.random.normal(jax.random.key(seed), shape)
@@ -81,15 +83,6 @@ def test_learnable_temperature_needs_its_output():
     losses.combine(terms, {"z1": jnp.ones((4, 3)), "z2": jnp.ones((4, 3))})
 
 
-def _denominators(z1, z2, tau):
-  """Per sample i: s_i = cos(z1_i, z2_i) / tau and the NT-Xent denominators D1_i, D2_i (all but self), float64."""
-  u = np.concatenate([z1, z2]).astype(np.float64)
-  u /= np.linalg.norm(u, axis=1, keepdims=True)
-  e = np.exp(u @ u.T / tau) * (1 - np.eye(len(u)))
-  n = len(z1)
-  return np.sum(u[:n] * u[n:], 1) / tau, e[:n].sum(1), e[n:].sum(1)
-
-
 def test_mv_info_nce_with_two_views_is_nt_xent_with_the_denominators_averaged():
   """Koromilas et al.'s MV-InfoNCE (reference MVINFONCE) sums the V denominators of a sample in one log:
   with V = 2 it is mean_i [log((D1 + D2) / 2) - s_i], NT-Xent's mean_i [(log D1 + log D2) / 2 - s_i] with the
@@ -99,7 +92,7 @@ def test_mv_info_nce_with_two_views_is_nt_xent_with_the_denominators_averaged():
     lambda a, b: (losses.mv_info_nce(jnp.stack([a, b]), temperature=tau), losses.nt_xent(a, b, temperature=tau))
   )
   mv, ntx = (float(x) for x in both(z1, z2))
-  s, d1, d2 = _denominators(z1, z2, tau)
+  s, d1, d2 = nt_xent_denominators(z1, z2, tau)
   np.testing.assert_allclose(mv, np.mean(np.log((d1 + d2) / 2) - s), rtol=1e-5)
   np.testing.assert_allclose(ntx, np.mean((np.log(d1) + np.log(d2)) / 2 - s), rtol=1e-5)
   assert mv > ntx
