@@ -103,6 +103,7 @@ def main(argv):
 
   from train import distributed
 
+  distributed.configure_cpu_devices(config.cpu_devices, config.batch_size // config.grad_accum_steps)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from train import trainer
 

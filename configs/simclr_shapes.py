@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.simclr.num_views = 3
   elif "tiny" in args:  # Not common.tiny: the 4-step run that tests/conftest.py and tests/test_train.py are built on.
     c.data.update(train_size=256, test_size=128)
-    c.model.width = 8
+    c.model.update(width=8, conv_impl="xla")  # XLA's convolutions compile faster
     c.head.update(hidden_dim=32, out_dim=16)
     c.batch_size = 32
     c.total_steps = 4

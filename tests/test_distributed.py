@@ -51,3 +51,33 @@ def test_explicit_arguments_win_over_the_environment(monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
   assert distributed.initialize("h9:99", num_processes=4, process_id=3)
   assert calls == [dict(coordinator_address="h9:99", num_processes=4, process_id=3)]
+
+
+@pytest.mark.parametrize(
+  "requested, batch_size, cores, expected",
+  [(0, 128, 2, 0), (3, 128, 2, 3), (-1, 128, 2, 2), (-1, 128, 16, 16), (-1, 96, 16, 16), (-1, 100, 16, 10)],
+)
+def test_cpu_device_count_is_the_most_devices_up_to_the_cores_that_divide_the_batch(
+  requested, batch_size, cores, expected
+):
+  assert distributed.cpu_device_count(requested, batch_size, cores) == expected
+
+
+def test_configure_cpu_devices_splits_the_host_before_jax_starts_unless_xla_flags_force_a_count():
+  import os
+  import subprocess
+  import sys
+
+  code = (
+    "from train import distributed; import jax, os; n = distributed.configure_cpu_devices(2, 64); "
+    "print(n, jax.device_count(), os.environ.get('XLA_FLAGS', ''))"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = lambda env: subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+  count, devices, flags = run(env).stdout.split(" ", 2)
+  assert (count, devices) == ("2", "2")
+  assert "--xla_cpu_multi_thread_eigen=false" in flags
+  # The tests' (or a user's) forced device count wins: nothing is changed.
+  out = run({**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}).stdout.split()
+  assert out[:2] == ["0", "3"]

@@ -1,4 +1,5 @@
-"""Joining a multi-process (multi-host) run: one JAX process per host, all devices in one global mesh."""
+"""Process start-up: the host's CPU devices, and joining a multi-process (multi-host) run: one JAX process per host,
+all devices in one global mesh."""
 
 from __future__ import annotations
 
@@ -35,6 +36,41 @@ def cluster_environment(env: Mapping[str, str] = os.environ) -> str | None:
 def _count(value: str) -> int:
   """A process count from the environment; 1 when it is not a plain number."""
   return int(value) if value.strip().isdigit() else 1
+
+
+# One thread per CPU device (the devices are the parallelism) and XLA:CPU's memory-minimising scheduler: the make run
+# SimCLR step on 2 Zen 4 cores took 0.35 s this way on 2 devices, 0.42 s with Eigen's threads, 0.50 s on one device.
+_ONE_THREAD_PER_DEVICE = (
+  "--xla_cpu_multi_thread_eigen=false",
+  "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+)
+
+
+def cpu_device_count(requested: int, batch_size: int, cores: int) -> int:
+  """XLA CPU devices for config.cpu_devices = `requested`: itself when > 0, else (-1) the most devices <= `cores`
+  that divide the per-step batch `batch_size`; 0 stays 0 (JAX's default)."""
+  if requested >= 0:
+    return requested
+  return max(d for d in range(1, max(cores, 1) + 1) if batch_size % d == 0)
+
+
+def configure_cpu_devices(requested: int, batch_size: int) -> int:
+  """Makes JAX's CPU backend `cpu_device_count(...)` devices of one thread each; returns the count (0: untouched).
+
+  Must run before JAX starts a backend. XLA_FLAGS that already force a host device count (the tests' 8 fake devices)
+  win and leave everything as it is.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "--xla_force_host_platform_device_count" in flags:
+    return 0
+  count = cpu_device_count(requested, batch_size, len(os.sched_getaffinity(0)))
+  if count == 0:
+    return 0
+  jax.config.update("jax_num_cpu_devices", count)
+  if count > 1:
+    extra = [f for f in _ONE_THREAD_PER_DEVICE if f.split("=")[0] not in flags]
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+  return count
 
 
 def initialize(
