@@ -28,7 +28,7 @@ lint: venv
 	$(BIN)/ruff check --quiet .
 
 test: venv $(VENV)/.test-extras lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf workdirs
