@@ -165,9 +165,7 @@ class Checkpointer:
     restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
     )
-    data = restored["data"]
-    # Checkpoints hold every process's position; older ones held one position.
-    return restored["state"], data["processes"][jax.process_index()] if "processes" in data else data
+    return restored["state"], process_position(restored["data"], jax.process_index(), jax.process_count(), step)
 
   def restore_latest(self, abstract_state: Any, *, best: bool = False) -> tuple[Any, dict, int]:
     """(state, this process's data position, step) of the newest checkpoint that reads (`best`: the best one first).
@@ -249,6 +247,22 @@ def _save_error(manager: ocp.CheckpointManager, step: int | None, error: Excepti
     f"Saving the checkpoint of step {step} to {manager.directory} failed ({_one_line(error)}); {kept}. Free disk "
     "space (or fix the cause above) and restart the same command: it resumes from the last checkpoint."
   )
+
+
+def process_position(data: dict, index: int, count: int, step: int) -> dict:
+  """Process `index`'s data position in a checkpoint's data item (older checkpoints held one position).
+
+  A run with more processes than wrote the checkpoint stops here with a clear message; one with fewer is refused by
+  the data iterator, whose position names its reader block.
+  """
+  if "processes" not in data:
+    return data
+  if index >= len(data["processes"]):
+    raise ValueError(
+      f"Checkpoint step {step} was written by {len(data['processes'])} process(es); this run has {count}. "
+      "Resume with the same number of processes (the data order depends on it)."
+    )
+  return data["processes"][index]
 
 
 def _on_every_process(flag: bool) -> bool:

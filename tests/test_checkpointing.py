@@ -111,3 +111,11 @@ def test_a_full_disk_during_a_save_stops_the_run_and_keeps_the_previous_checkpoi
   state, data, step = checkpointer.restore_latest(_saved(original, 2)[0])
   checkpointer.close()
   assert step == 2 and int(state["step"]) == 2 and data["step"] == 2
+
+
+def test_a_resume_with_more_processes_than_wrote_the_checkpoint_stops_with_a_clear_message():
+  data = {"processes": [{"epoch": 0, "process_block": [0, 2]}, {"epoch": 0, "process_block": [1, 2]}]}
+  assert ckpt_lib.process_position(data, 1, 2, 40) == data["processes"][1]
+  assert ckpt_lib.process_position({"epoch": 3}, 0, 1, 40) == {"epoch": 3}  # an older one-position checkpoint
+  with pytest.raises(ValueError, match="written by 2 process\\(es\\); this run has 3. Resume with the same number"):
+    ckpt_lib.process_position(data, 2, 3, 40)
