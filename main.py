@@ -33,7 +33,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and exports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "embed"], "What to do.")
 _INPUT = flags.DEFINE_string(
-  "input", None, "--mode=embed: folder of images, file of image paths or sentences, .npy, .jsonl or .tsv."
+  "input",
+  None,
+  "--mode=embed: folder of images, file of image paths or sentences, .npy, .jsonl, .tsv, tar or ArrayRecord shards.",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "--mode=embed: output directory (default <workdir>/embeddings); resumed.")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "--mode=embed: exported model directory (default <workdir>/export).")
@@ -44,7 +46,7 @@ _TOWER = flags.DEFINE_enum(
   "--mode=embed: run only this tower (default: every tower the input feeds and the export has).",
 )
 _INPUT_FORMAT = flags.DEFINE_string(
-  "input_format", "auto", "--mode=embed: auto|folder|image|paths|npy|sentences|jsonl|tsv."
+  "input_format", "auto", "--mode=embed: auto|folder|image|paths|npy|sentences|jsonl|tsv|tar|array_record."
 )
 _EMBED_BATCH = flags.DEFINE_integer("embed_batch_size", 256, "--mode=embed: batch over all local devices.")
 _EMBED_DTYPE = flags.DEFINE_enum("embed_dtype", "float32", ["float32", "float16"], "--mode=embed: output dtype.")

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from export import embed_inputs, jax_export
+from records import shards
 
 RUN, SUMMARY = "run.json", "summary.json"
 INTERRUPTED = "interrupted: the completed parts in {output} are kept; run the same command again to resume."
@@ -317,7 +318,7 @@ def embed_path(
   batch_size: rounded up to a multiple of the local device count; shard_rows: rows per output part.
   workers: image decoding threads (0: one per CPU, at most 8).
   """
-  if not input_path or not os.path.exists(input_path):
+  if not input_path or not (os.path.exists(input_path) or shards.shard_files(input_path)[0]):
     raise FileNotFoundError(f"Input not found: {input_path!r}.")
   if output_dir.endswith(".npy"):
     raise ValueError(f"--output is a directory (parts + index, see python -m export.embed --help), got {output_dir}.")

@@ -2,8 +2,8 @@
 (image decoding with the model card's preprocessing) that turns a record into tower inputs or a skip reason.
 
 A reader is one generator function `path -> Iterator[Record]` registered with `@reader(name, suffixes)`; records
-are yielded in a fixed order and read their bytes lazily, so a resumed run skips the first K of them cheaply.
-Adding a format (e.g. tar or ArrayRecord shards) is one such function.
+are yielded in a fixed order and read their bytes lazily, so a resumed run skips the first K of them cheaply (shard
+readers read the skipped records' bytes again, one at a time).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from records import images
+from records import examples, images, shards, webdataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # 8-bit modes that PIL converts to RGB without loss of meaning; 16-bit / 32-bit integer and float images ("I;16",
@@ -180,6 +180,79 @@ def read_npy(path: str) -> Iterator[Record]:
   raise ValueError(
     f"{path} holds {array.dtype} {array.shape}: expected uint8 images [N, H, W, 3] or integer token ids [N, L]."
   )
+
+
+def _shard_paths(pattern: str, what: str) -> list[str]:
+  """The shard files of a path, glob or braces ("DIR/{000..009}.tar"); ValueError when none or some are missing."""
+  paths, missing = shards.shard_files(pattern)
+  if missing:
+    raise ValueError(f"No {what} at {missing[0]!r} (from {pattern!r}).")
+  if not paths:
+    raise ValueError(f"No {what} match {pattern!r}.")
+  return paths
+
+
+def _row_record(source: dict, fields: dict) -> Record:
+  """A record of a shard row's fields: "image" bytes and / or a text ("caption" or "text")."""
+  image = fields.get("image")
+  text = next((examples.clean_text(fields[k]) for k in TEXT_KEYS if k in fields), None)
+  if image is not None and not isinstance(image, bytes | bytearray):
+    return Record(source, error="bad record: the image field is not encoded image bytes")
+  if image is None and text is None:
+    return Record(source, error="bad record: neither an image nor a text")
+  source = {**source, **({"text": text} if text is not None else {})}
+  return Record(source, image=(lambda: bytes(image)) if image is not None else None, text=text)
+
+
+@reader("tar", (".tar", ".tar.gz", ".tgz"))
+def read_tar(path: str) -> Iterator[Record]:
+  """WebDataset / img2dataset tar shards (key.jpg + key.txt + key.json; records.webdataset), a shard or a pattern;
+  rows in shard order. A damaged member ends its shard with one skipped row."""
+  for shard in _shard_paths(path, "tar shards"):
+    for i, sample in enumerate(webdataset.iter_samples(shard)):
+      source = {"shard": shard, "sample": i}
+      if sample is None:
+        yield Record(source, error="damaged: unreadable tar member; the rest of the shard is lost")
+      else:
+        yield _row_record(source, webdataset.sample_fields(sample))
+
+
+@reader("array_record", (".array_record",))
+def read_array_record(path: str) -> Iterator[Record]:
+  """ArrayRecord shards of msgpack examples (`python -m input_pipeline.convert`), a shard or a pattern; rows in
+  shard order, read 256 records at a time."""
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+  for shard in _shard_paths(path, "ArrayRecord shards"):
+    try:
+      data = ArrayRecordDataSource([shard])
+    except Exception as e:  # not an ArrayRecord file: one skipped row, never the run's end
+      yield Record({"shard": shard}, error=f"damaged: cannot open the shard: {e}")
+      continue
+    for start in range(0, len(data), 256):
+      for i, raw in enumerate(_array_records(data, range(start, min(start + 256, len(data)))), start):
+        source = {"shard": shard, "record": i}
+        try:
+          if isinstance(raw, Exception):
+            raise examples.BadRecord(f"unreadable: {raw}")
+          yield _row_record(source, examples.decode(raw))
+        except examples.BadRecord as e:
+          yield Record(source, error=f"bad record: {e}")
+
+
+def _array_records(data, indices: range) -> list:
+  """The records at `indices` (bytes), read in one call; when a damaged chunk fails it, one by one, each failure
+  returned in its record's place."""
+  try:
+    return list(data.__getitems__(list(indices)))
+  except Exception:
+    out = []
+    for i in indices:
+      try:
+        out.append(data[i])
+      except Exception as e:
+        out.append(e)
+    return out
 
 
 class Skip(Exception):

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import glob
 import importlib.metadata
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import shapes
-from records import examples
+from records import examples, shards
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CIFAR10_NPZ = os.path.join(_PROJECT_ROOT, "..", "shared", "data", "cifar10.npz")
@@ -295,21 +293,6 @@ def _cached_source(config_json: str, split: str) -> AnySource:
   return source
 
 
-def expand_braces(pattern: str) -> list[str]:
-  """Shell-style braces: "a{1..3}b" -> a1b a2b a3b (zero padding kept: {000..002}), "{x,y}" -> x y; nested too."""
-  match = re.search(r"\{(\d+\.\.\d+|[^{}]*,[^{}]*)\}", pattern)  # a literal "{x}" is not a brace expression
-  if match is None:
-    return [pattern]
-  body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
-  if re.fullmatch(r"\d+\.\.\d+", body):
-    lo, hi = body.split("..")
-    width = len(lo) if lo.startswith("0") else 0
-    options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-  else:
-    options = body.split(",")
-  return [p for option in options for p in expand_braces(head + option + tail)]
-
-
 def split_paths(data_config, split: str, what: str) -> list[str]:
   """Files named by data_config.path for `split`: "{split}" substituted, braces and globs expanded, sorted.
 
@@ -319,21 +302,14 @@ def split_paths(data_config, split: str, what: str) -> list[str]:
   if not path:
     raise ValueError(f"data_config.path must name the {what} for source {data_config.name!r}.")
   pattern = os.path.expanduser(path.replace("{split}", split))
-  paths, missing = [], []
-  for p in expand_braces(pattern):
-    if glob.has_magic(p):
-      paths += sorted(glob.glob(p))
-    elif os.path.exists(p):
-      paths.append(p)
-    else:
-      missing.append(p)
+  paths, missing = shards.shard_files(pattern)
   if missing and paths:
     raise ValueError(
       f"{len(missing)} of {len(missing) + len(paths)} {what} named by {path!r} do not exist, e.g. {missing[0]!r}."
     )
   if not paths:
     raise ValueError(f"No {what} at {pattern!r} (data_config.path={path!r}, split={split!r}).")
-  return sorted(dict.fromkeys(paths))
+  return paths
 
 
 def string_columns(columns: dict[str, np.ndarray]) -> list[str]:

@@ -157,6 +157,41 @@ def test_jsonl_and_tsv_pairs_feed_both_towers_in_one_pass_and_a_broken_pair_is_s
     np.testing.assert_allclose(embed.load_embeddings(out, "text"), _expected_texts(["a red circle"]), atol=1e-6)
 
 
+def test_tar_and_array_record_shards_feed_both_towers_and_bad_rows_are_skipped_with_reasons(toy_export, tmp_path):
+  from array_record.python import array_record_module
+
+  from records import examples, webdataset
+
+  x, y, z = GOOD["a/x.png"], GOOD["a/b/y.jpg"], GOOD["z.png"]
+  rows = [(x, "a red circle"), (b"hello", "lost"), (z, "a grey square"), (y, "a blue star")]
+  webdataset.write_shard(
+    str(tmp_path / "s-0.tar"), [(f"{i:03d}", {"png": r[0], "txt": r[1].encode()}) for i, r in enumerate(rows[:3])]
+  )
+  webdataset.write_shard(str(tmp_path / "s-1.tar"), [("003", {"jpg": y, "txt": b"a blue star"})])
+  data = (tmp_path / "s-1.tar").read_bytes()
+  (tmp_path / "s-2.tar").write_bytes(data[:600])  # a copy cut short inside its image member (after a 512-byte header)
+  writer = array_record_module.ArrayRecordWriter(str(tmp_path / "s-0.array_record"), "group_size:1")
+  for image, text in rows:
+    writer.write(examples.encode({"image": image, "caption": text}))
+  writer.write(b"\xc1 not msgpack")
+  writer.close()
+  cases = [
+    ("s-{0..2}.tar", ["not an image", "damaged"], "sample"),
+    ("s-*.array_record", ["not an image", "bad record"], "record"),
+  ]
+  for pattern, reasons, position in cases:
+    out = str(tmp_path / f"out_{position}")
+    summary = embed.embed_path(toy_export, str(tmp_path / pattern), out, batch_size=8, progress=False)
+    index = list(embed.read_index(out))
+    ok = [r for r in index if r["status"] == "ok"]
+    assert [r["text"] for r in ok] == ["a red circle", "a grey square", "a blue star"] and summary["embedded"] == 3
+    assert [r["reason"].split(":")[0] for r in index if r["status"] == "skipped"] == reasons
+    assert all(position in r and "shard" in r for r in index)
+    expected, bound = _expected_images([x, z, y])
+    assert np.all(np.abs(embed.load_embeddings(out, "image") - expected) <= bound)
+    np.testing.assert_allclose(embed.load_embeddings(out, "text"), _expected_texts([r["text"] for r in ok]), atol=1e-6)
+
+
 def test_an_interrupted_run_resumed_writes_the_same_files_as_one_run(toy_export, tmp_path, monkeypatch):
   (tmp_path / "in").mkdir()
   for i in range(29):  # parts of 12 rows, batches of 8: a part boundary falls inside a batch
@@ -232,12 +267,8 @@ def test_format_detection_by_folder_suffix_and_first_line(tmp_path):
   (tmp_path / "sentences.txt").write_text("a photo of a cat\n")
   found = {p: embed_inputs.detect_format(str(tmp_path / p)) for p in ("paths.txt", "sentences.txt")}
   assert found == {"paths.txt": "paths", "sentences.txt": "sentences"}
-  assert [embed_inputs.detect_format(p) for p in (str(tmp_path), "x.npy", "x.jsonl", "x.tsv")] == [
-    "folder",
-    "npy",
-    "jsonl",
-    "tsv",
-  ]
+  suffixed = (str(tmp_path), "x.npy", "x.jsonl", "x.tsv", "d/{0..9}.tar", "d/*.array_record")
+  assert [embed_inputs.detect_format(p) for p in suffixed] == ["folder", "npy", "jsonl", "tsv", "tar", "array_record"]
 
 
 def test_throughput_benchmark_skips_cleanly_without_the_data():

@@ -13,6 +13,7 @@ import pytest
 import input_pipeline
 from configs import default
 from input_pipeline import convert, reader, shapes, sources
+from records import shards
 from records import images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,9 +155,9 @@ def test_a_wrong_glob_or_an_empty_shard_set_fails_at_start(data, fmt, sharding, 
 
 
 def test_brace_patterns_expand_like_the_shell():
-  assert sources.expand_braces("d/{000..002}.tar") == ["d/000.tar", "d/001.tar", "d/002.tar"]
-  assert sources.expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
-  assert sources.expand_braces("d/{split}.x") == ["d/{split}.x"]
+  assert shards.expand_braces("d/{000..002}.tar") == ["d/000.tar", "d/001.tar", "d/002.tar"]
+  assert shards.expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
+  assert shards.expand_braces("d/{split}.x") == ["d/{split}.x"]
 
 
 def _write_tfrecords(path, n: int) -> None:
