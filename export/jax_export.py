@@ -3,8 +3,9 @@
 One export directory holds one artifact per tower and one `model_card.json` that describes them all:
 - image tower: `encoder.jax_exported`, uint8 [b, S, S, 3] -> float32 [b, D] (normalisation inside); the card records
   how images become [S, S, 3] on the evaluation path (`IMAGE_PREPROCESSING`), which `export.embed` applies;
-- text tower: `text_encoder.jax_exported`, int32 token ids [b, L] -> float32 [b, D] (padding mask derived inside from
-  pad id 0); the tokenizer is named in the card and its file (if any) is written next to the artifact.
+- text tower: `text_encoder.jax_exported`, int32 token ids [b, L] -> float32 [b, D], ids exactly as the card's
+  tokenizer writes them (padding handled inside as in training: this project's towers mask id 0, imported CLIP pools
+  at the first EOS, SigLIP at the last position); the tokenizer file (if any) is written next to the artifact.
 """
 
 from __future__ import annotations
@@ -193,7 +194,8 @@ def export_text_encoder(
         "name": "tokens",
         "dtype": "int32",
         "shape": ["batch", max_len],
-        "note": "tokenizer ids, right-padded with pad_id (the tower masks id 0 out of attention and pooling)",
+        "note": "tokenizer ids as tokenization.get(name, file).encode(texts, max_len) writes them, right-padded "
+        "with pad_id (the tower treats padding as in training)",
       },
       "tokenizer": {**_copy_tokenizer(tokenizer, tokenizer_path, out_dir), "max_len": max_len},
       "preprocessing": "not included: tokenize with tokenization.get(name, <dir>/file).encode(texts, "
