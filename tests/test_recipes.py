@@ -53,6 +53,7 @@ RECIPES = {
   "vicreg": ("simclr_shapes", "tiny,vicreg"),
   "soft_supcon": ("supcon_shapes", "tiny,soft"),
   "dense": ("dense_shapes", "tiny"),  # PixPro: momentum encoder, boxed views, pixel propagation
+  "pixcontrast": ("dense_shapes", "tiny,pixcontrast"),  # PixContrast: pixel InfoNCE on the same views
   # The SimCSE family: WhitenedCSE views with debiased negatives; MultiCSR-style pair weights of a reference encoder.
   "simcse_whitened_debiased": ("simcse_shapes", "tiny,whitened,debiased"),
   "simcse_refined": ("simcse_shapes", "tiny,refined"),
@@ -306,7 +307,7 @@ CONFIG_ARGS = {
     "cifar10,isogclr",
     "cifar10,vicreg",
   ],
-  "dense_shapes": ["", "tiny"],
+  "dense_shapes": ["", "tiny", "pixcontrast", "tiny,pixcontrast"],
   "simcse_shapes": [
     "",
     "tiny",
