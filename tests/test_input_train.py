@@ -1,11 +1,13 @@
 """End to end from shards written by the converter: tiny SimCLR from ArrayRecord, tiny CLIP from WebDataset tar."""
 
+import json
 import os
 
 import numpy as np
 
 from configs import clip_shapes, simclr_shapes
 from input_pipeline import convert, shapes
+from records import webdataset
 from train import trainer
 
 
@@ -41,10 +43,16 @@ def test_simclr_from_array_record_shards_equals_the_in_memory_run(tmp_path, tiny
     assert results[key] == in_memory[key], key
 
 
-def test_clip_trains_from_tar_shards_with_worker_processes(tmp_path):
+def test_clip_trains_from_tar_shards_with_worker_processes_and_logs_a_skipped_sample(tmp_path):
   config = clip_shapes.get_config("tiny")
-  config.data.update(dict(name="tar", path=shards(config, tmp_path / "data", "tar"), workers=1, shuffle_buffer=32))
-  config.total_steps = 4
+  path = shards(config, tmp_path / "data", "tar")
+  # One more train shard, holding a sample whose image is not an image: skipped, counted, logged as data/skipped.
+  webdataset.write_shard(str(tmp_path / "data" / "train-99999.tar"), [("bad", {"jpg": b"not a jpeg", "txt": b"a cat"})])
+  config.data.update(dict(name="tar", path=path, workers=1, shuffle_buffer=32))
+  config.total_steps = config.data.train_size // config.batch_size + 1  # past the end of the first epoch
   results = trainer.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
   # Zero-shot over the class names read from the shards' info.json; retrieval over the test captions.
   assert 0.0 <= results["zero_shot/zero_shot_top1"] <= 1.0 and 0.0 <= results["retrieval/i2t_r@1"] <= 1.0
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    logged = [line["data/skipped"] for line in map(json.loads, f) if "data/skipped" in line]
+  assert logged[-1] == 1 and logged == sorted(logged)

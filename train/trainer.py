@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -102,7 +103,9 @@ def train_and_evaluate(
   # Compile once, ahead of the loop: the executable reports its FLOPs and memory per device.
   compiled_step = train_step.lower(state, run.first_batch).compile()
   perf.release_freed_host_memory()  # what compiling freed, before the step's buffers come on top
-  logger = _StepLogger(config, writer, perf.compiled_stats(compiled_step), start)
+  logger = _StepLogger(
+    config, writer, perf.compiled_stats(compiled_step), start, lambda: run.data.get_state()["skipped"]
+  )
   first, last = config.profile_steps
   profiler = perf.ProfileWindow(
     (first, last) if last else ((start + 3, start + 5) if profile else ()), os.path.join(workdir, "profile")
@@ -158,11 +161,11 @@ def _write_results(workdir: str, writer: MetricWriter, results: dict, plot_dir: 
 
 
 class _StepLogger:
-  """Every log_every steps: the step's scalars, step time, throughput, MFU and device memory, to the metric writer
-  (flushed) and the progress bar."""
+  """Every log_every steps: the step's scalars, step time, throughput, MFU, device memory and the unreadable rows
+  skipped so far by this process's reader (`data/skipped`), to the metric writer (flushed) and the progress bar."""
 
-  def __init__(self, config, writer: MetricWriter, step_cost: dict, start: int):
-    self.config, self.writer, self.step_cost = config, writer, step_cost
+  def __init__(self, config, writer: MetricWriter, step_cost: dict, start: int, skipped: Callable[[], int]):
+    self.config, self.writer, self.step_cost, self.skipped = config, writer, step_cost, skipped
     self.peak_flops = perf.peak_flops_per_device(config.peak_tflops)
     self.t_last, self.steps_since = time.perf_counter(), 0
     writer.write(start, {f"compiled/{k}": v for k, v in step_cost.items()})
@@ -181,7 +184,7 @@ class _StepLogger:
     if utilisation is not None:
       host["mfu"] = utilisation
     host.update({f"memory/{k}": v for k, v in perf.device_memory().items()})
-    self.writer.write(step, {f"train/{k}": v for k, v in host.items()})
+    self.writer.write(step, {**{f"train/{k}": v for k, v in host.items()}, "data/skipped": self.skipped()})
     self.writer.flush()
     bar.set_postfix(loss=f"{host['loss']:.4f}")
     self.t_last, self.steps_since = time.perf_counter(), 0
