@@ -21,12 +21,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.simclr_step import (  # noqa: E402
-  configure_host,
+  configure_host_from_env,
   env_int,
   lowered_flops,
-  peak_rss_mb,
+  step_record,
   time_train_steps,
-  utilisation,
 )
 
 
@@ -76,34 +75,11 @@ def build_step(config):
 
 def main() -> None:
   batch, steps = env_int("BATCH", 128), env_int("STEPS", 5)
-  host = configure_host(
-    env_int("THREADS", os.cpu_count()),
-    env_int("DEVICES", 1),
-    os.environ.get("MALLOC", "default"),
-    os.environ.get("SCHEDULER", "memory"),
-  )
-  import jax
-
+  host = configure_host_from_env()
   step, state, data = build_step(clip_config(batch))
   flops = lowered_flops(step, state, data)  # no loops in this step (one loss block): XLA's count is the whole step
   times, params = time_train_steps(step, state, data, steps)
-  best = min(times)
-  print(
-    json.dumps(
-      dict(
-        workload="clip_tiny",
-        framework=f"jax {jax.__version__}",
-        batch=batch,
-        step_s=best,
-        pairs_per_s=batch / best,
-        step_s_all=[round(t, 3) for t in times],
-        params=params,
-        peak_rss_mb=peak_rss_mb(),
-        **utilisation(flops, best),
-        **host,
-      )
-    )
-  )
+  print(json.dumps(step_record("clip_tiny", batch, times, params, flops, host, pairs_per_s=batch / min(times))))
 
 
 if __name__ == "__main__":

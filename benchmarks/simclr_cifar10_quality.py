@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.simclr_step import configure_host, env_int, simclr_config  # noqa: E402
+from benchmarks.simclr_step import configure_host_from_env, env_int, simclr_config  # noqa: E402
 
 DEFAULT_DATA = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "cifar10.npz"
@@ -106,12 +106,7 @@ def main() -> None:
   if not os.path.exists(data_path):
     print(json.dumps(dict(workload="simclr_cifar10_quality", skipped=f"no CIFAR-10 npz at {data_path}")))
     return
-  host = configure_host(
-    env_int("THREADS", os.cpu_count()),
-    env_int("DEVICES", 1),
-    os.environ.get("MALLOC", "default"),
-    os.environ.get("SCHEDULER", "memory"),
-  )
+  host = configure_host_from_env()
   import jax
 
   import input_pipeline

@@ -78,6 +78,17 @@ def configure_host(threads: int, devices: int, malloc: str, scheduler: str = "me
   }
 
 
+def configure_host_from_env() -> dict:
+  """`configure_host` from the environment: THREADS (default all cores), DEVICES (1), MALLOC ("default"),
+  SCHEDULER ("memory")."""
+  return configure_host(
+    env_int("THREADS", os.cpu_count()),
+    env_int("DEVICES", 1),
+    os.environ.get("MALLOC", "default"),
+    os.environ.get("SCHEDULER", "memory"),
+  )
+
+
 def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -101,6 +112,27 @@ def time_train_steps(step, state, data, steps: int) -> tuple[list[float], int]:
     if i:
       times.append(time.perf_counter() - start)
   return times, int(sum(x.size for x in jax.tree.leaves(holder[0].params)))
+
+
+def step_record(workload: str, batch: int, times: list[float], params: int, flops: float, host: dict, **fields) -> dict:
+  """The JSON record of a train-step benchmark: the best of the step `times` and all of them, the parameter count,
+  peak RSS, FLOP utilisation of the best step and the `configure_host` settings; `fields` (throughput, the
+  workload's settings) after the best step time."""
+  import jax
+
+  best = min(times)
+  return dict(
+    workload=workload,
+    framework=f"jax {jax.__version__}",
+    batch=batch,
+    step_s=best,
+    **fields,
+    step_s_all=[round(t, 3) for t in times],
+    params=params,
+    peak_rss_mb=peak_rss_mb(),
+    **utilisation(flops, best),
+    **host,
+  )
 
 
 def env_int(name: str, default: int) -> int:
@@ -217,14 +249,8 @@ def utilisation(flops_per_step: float, step_s: float) -> dict:
 
 def main() -> None:
   batch, steps = env_int("BATCH", 256), env_int("STEPS", 3)
-  host = configure_host(
-    env_int("THREADS", os.cpu_count()),
-    env_int("DEVICES", 1),
-    os.environ.get("MALLOC", "default"),
-    os.environ.get("SCHEDULER", "memory"),
-  )
+  host = configure_host_from_env()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  import jax
   import numpy as np
 
   conv, accum = os.environ.get("CONV", "blocked"), env_int("ACCUM", 1)
@@ -233,26 +259,9 @@ def main() -> None:
   step, state, data = build_step(config, views)
   flops = model_flops(config, views)
   times, params = time_train_steps(step, state, data, steps)
-  best = min(times)
-  print(
-    json.dumps(
-      dict(
-        workload="simclr_resnet18_cifar",
-        framework=f"jax {jax.__version__}",
-        batch=batch,
-        images_per_step=2 * batch,
-        step_s=best,
-        images_per_s=2 * batch / best,
-        step_s_all=[round(t, 3) for t in times],
-        conv=conv,
-        accum=accum,
-        params=params,
-        peak_rss_mb=peak_rss_mb(),
-        **utilisation(flops, best),
-        **host,
-      )
-    )
-  )
+  throughput = dict(images_per_step=2 * batch, images_per_s=2 * batch / min(times))
+  record = step_record("simclr_resnet18_cifar", batch, times, params, flops, host, **throughput, conv=conv, accum=accum)
+  print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import optax
 import tqdm
 
 from evaluators import common
-from evaluators.linear_probe import fit_linear
+from evaluators.linear_probe import fit_linear, sweep_and_refit
 from input_pipeline import shapes
 
 _CHUNK = 128  # images per scoring step: memory O(chunk x S^2 x K)
@@ -114,30 +114,18 @@ def dense_linear_probe(
   x_train, x_test = (train_features - mean) / std, (test_features - mean) / std
   # Host-side randomness (NumPy): eager jax.random calls would each compile.
   order = np.random.default_rng(seed).permutation(len(x_train))
-  num_val = max(1, int(round(val_fraction * len(x_train))))
-  val_idx, fit_idx = order[:num_val], order[num_val:]
-  fit = functools.partial(_fit, num_classes=num_classes, epochs=epochs)
-
-  per_lr = {}
-  if len(lrs) > 1:  # one learning rate needs no choosing
-    sweep = fit(
-      x_train[fit_idx],
-      train_masks[fit_idx],
-      jnp.asarray(lrs, jnp.float32),
-      weight_decay,
-      seed,
-      batch_size=min(batch_size, len(fit_idx)),
-    )
-    _, val_miou = _scores(sweep, x_train[val_idx], train_masks[val_idx], num_classes)
-    per_lr = {float(lr): float(m) for lr, m in zip(lrs, val_miou)}
-  best_lr = max(per_lr, key=per_lr.get) if per_lr else float(lrs[0])
-  final = fit(
+  final, best_lr, per_lr = sweep_and_refit(
+    functools.partial(_fit, num_classes=num_classes, epochs=epochs),
+    lambda params, f, masks: _scores(params, f, masks, num_classes)[1],  # chosen by held-out mean IoU
     x_train,
     train_masks,
-    jnp.asarray([best_lr], jnp.float32),
-    weight_decay,
-    seed + 1,
-    batch_size=min(batch_size, len(x_train)),
+    lrs,
+    order,
+    val_fraction=val_fraction,
+    batch_size=batch_size,
+    weight_decay=weight_decay,
+    keys=(seed, seed + 1),
+    skip_single_lr=True,
   )
   accuracy, miou = _scores(final, x_test, test_masks, num_classes)
   return dict(

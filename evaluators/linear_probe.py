@@ -1,6 +1,8 @@
 """Linear probe: multinomial logistic regression on frozen, standardised embeddings."""
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +55,46 @@ def _accuracy(params, x, y):
   return jnp.mean(jnp.argmax(logits, axis=-1) == y, axis=-1)
 
 
+def sweep_and_refit(
+  fit: Callable,
+  score: Callable,
+  x: np.ndarray,
+  y: np.ndarray,
+  lrs: tuple[float, ...],
+  order: np.ndarray,
+  *,
+  val_fraction: float,
+  batch_size: int,
+  weight_decay: float,
+  keys: tuple,
+  skip_single_lr: bool = False,
+) -> tuple[Any, float, dict[float, float]]:
+  """(probe fitted on all of x, y at the best lr, best lr, per_lr={lr: held-out score}) of a learning-rate sweep.
+
+  The first `val_fraction` of the rows in `order` (a permutation of x's rows, at least one) are held out: every lr
+  is fitted on the others and scored on them (`score(params, x, y)` -> [L], higher is better, the first best wins);
+  the best is refitted on all rows. `fit(x, y, lrs [L], weight_decay, key, *,
+  batch_size)` -> params with [L] leading (batch capped at the rows it gets); keys = (sweep key, refit key).
+  `skip_single_lr`: one lr needs no choosing, so no held-out fit and per_lr is empty.
+  """
+  num_val = max(1, int(round(val_fraction * len(x))))
+  val_idx, fit_idx = order[:num_val], order[num_val:]
+  per_lr = {}
+  if len(lrs) > 1 or not skip_single_lr:
+    sweep = fit(
+      x[fit_idx],
+      y[fit_idx],
+      jnp.asarray(lrs, jnp.float32),
+      weight_decay,
+      keys[0],
+      batch_size=min(batch_size, len(fit_idx)),
+    )
+    per_lr = {float(lr): float(s) for lr, s in zip(lrs, np.asarray(score(sweep, x[val_idx], y[val_idx])))}
+  best_lr = max(per_lr, key=per_lr.get) if per_lr else float(lrs[0])
+  final = fit(x, y, jnp.asarray([best_lr], jnp.float32), weight_decay, keys[1], batch_size=min(batch_size, len(x)))
+  return final, best_lr, per_lr
+
+
 def linear_probe(
   train_emb: np.ndarray,
   train_labels: np.ndarray,
@@ -86,31 +128,20 @@ def linear_probe(
   fit_key, final_key, split_key = jax.random.split(jax.random.key(seed), 3)
 
   order = np.asarray(jax.random.permutation(split_key, len(x_train)))
-  num_val = max(1, int(round(val_fraction * len(x_train))))
-  val_idx, fit_idx = order[:num_val], order[num_val:]
-  fit = functools.partial(_fit, num_classes=num_classes, epochs=epochs)
-
-  sweep = fit(
-    x_train[fit_idx],
-    train_labels[fit_idx],
-    jnp.asarray(lrs, jnp.float32),
-    weight_decay,
-    fit_key,
-    batch_size=min(batch_size, len(fit_idx)),
-  )
-  val_acc = np.asarray(_accuracy(sweep, x_train[val_idx], train_labels[val_idx]))
-  best_lr = float(lrs[int(np.argmax(val_acc))])
-
-  final = fit(
+  final, best_lr, per_lr = sweep_and_refit(
+    functools.partial(_fit, num_classes=num_classes, epochs=epochs),
+    _accuracy,
     x_train,
     train_labels,
-    jnp.asarray([best_lr], jnp.float32),
-    weight_decay,
-    final_key,
-    batch_size=min(batch_size, len(x_train)),
+    lrs,
+    order,
+    val_fraction=val_fraction,
+    batch_size=batch_size,
+    weight_decay=weight_decay,
+    keys=(fit_key, final_key),
   )
   accuracy = float(_accuracy(final, x_test, test_labels)[0])
-  return dict(accuracy=accuracy, best_lr=best_lr, per_lr={float(lr): float(a) for lr, a in zip(lrs, val_acc)})
+  return dict(accuracy=accuracy, best_lr=best_lr, per_lr=per_lr)
 
 
 class Evaluator(common.Base):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from input_pipeline import augment_jax
+from input_pipeline.view_options import ViewOptions
 
 
 def crop_boxes(
@@ -22,9 +23,9 @@ def crop_boxes(
   height: int,
   width: int,
   *,
-  crop_scale: Sequence[float] = (0.08, 1.0),
-  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-  flip_prob: float = 0.5,
+  crop_scale: Sequence[float] = ViewOptions.crop_scale,
+  crop_ratio: Sequence[float] = ViewOptions.crop_ratio,
+  flip_prob: float = ViewOptions.flip_prob,
   example_ids: jax.Array | None = None,
 ) -> jax.Array:
   """The crop boxes of `augment_jax.simclr_augment(rng, images [batch, height, width, 3], ...)`: float32 [batch, 4].
@@ -50,9 +51,9 @@ def boxed_views(
   images: jax.Array,
   num_views: int = 2,
   *,
-  crop_scale: Sequence[float] = (0.08, 1.0),
-  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-  flip_prob: float = 0.5,
+  crop_scale: Sequence[float] = ViewOptions.crop_scale,
+  crop_ratio: Sequence[float] = ViewOptions.crop_ratio,
+  flip_prob: float = ViewOptions.flip_prob,
   **augment,
 ) -> tuple[jax.Array, jax.Array]:
   """`num_views` SimCLR views and their crop boxes: [B, H, W, 3] -> (float32 [V, B, h, w, 3], float32 [V, B, 4]).

@@ -17,12 +17,15 @@ YIQ rotation rather than an HSV shift, and blur (folded into Ry, Rx) comes befor
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from input_pipeline.view_options import ViewOptions
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
@@ -116,40 +119,26 @@ def _colour_map(u, mean_rgb, strength: float, jitter_prob: float, grayscale_prob
   return (jnp.where(gray, to_gray @ m, m).astype(jnp.float32), jnp.where(gray, to_gray @ b, b).astype(jnp.float32))
 
 
-def _augment_one(
-  key,
-  image,
-  *,
-  out_size,
-  crop_scale,
-  crop_ratio,
-  flip_prob,
-  jitter_strength,
-  jitter_prob,
-  grayscale_prob,
-  blur_prob,
-  blur_sigma,
-  solarize_prob,
-  hue_range,
-):
+def _augment_one(key, image, *, out_size: tuple[int, int], options: ViewOptions, hue_range: float | None):
   height, width = image.shape[:2]
   out_h, out_w = out_size
+  o = options
   u = jax.random.uniform(key, (_NUM_UNIFORMS,))
   u_crop, u_flip, u_blur, u_colour, u_sol = jnp.split(u, np.cumsum([2 * _CROP_ATTEMPTS + 2, 1, 2, 6]))
-  y0, x0, h, w = _sample_crop(u_crop, height, width, crop_scale, crop_ratio)
+  y0, x0, h, w = _sample_crop(u_crop, height, width, o.crop_scale, o.crop_ratio)
   rows = _resample_matrix(y0, h, height, out_h)
   cols = _resample_matrix(x0, w, width, out_w)
-  cols = jnp.where(u_flip[0] < flip_prob, cols[::-1], cols)
-  if blur_prob > 0:
-    sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * u_blur[1]
-    blur = u_blur[0] < blur_prob
+  cols = jnp.where(u_flip[0] < o.flip_prob, cols[::-1], cols)
+  if o.blur_prob > 0:
+    sigma = o.blur_sigma[0] + (o.blur_sigma[1] - o.blur_sigma[0]) * u_blur[1]
+    blur = u_blur[0] < o.blur_prob
     rows = jnp.where(blur, _gaussian_matrix(sigma, out_h) @ rows, rows)
     cols = jnp.where(blur, _gaussian_matrix(sigma, out_w) @ cols, cols)
   view = jnp.einsum("oh,hwc,pw->opc", rows, image, cols)
-  m, b = _colour_map(u_colour, view.mean((0, 1)), jitter_strength, jitter_prob, grayscale_prob, hue_range)
+  m, b = _colour_map(u_colour, view.mean((0, 1)), o.jitter_strength, o.jitter_prob, o.grayscale_prob, hue_range)
   view = jnp.clip(view @ m.T + b, 0.0, 1.0)
-  if solarize_prob > 0:
-    view = jnp.where(u_sol[0] < solarize_prob, jnp.where(view < 0.5, view, 1.0 - view), view)
+  if o.solarize_prob > 0:
+    view = jnp.where(u_sol[0] < o.solarize_prob, jnp.where(view < 0.5, view, 1.0 - view), view)
   return view
 
 
@@ -157,44 +146,23 @@ def simclr_augment(
   rng: jax.Array,
   images: jax.Array,
   *,
-  out_size: int | Sequence[int] | None = None,
-  crop_scale: Sequence[float] = (0.08, 1.0),
-  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-  flip_prob: float = 0.5,
-  jitter_strength: float = 0.5,
-  jitter_prob: float = 0.8,
-  grayscale_prob: float = 0.2,
-  blur_prob: float = 0.0,
-  blur_sigma: Sequence[float] = (0.1, 2.0),
-  solarize_prob: float = 0.0,
   hue_range: float | None = None,
   example_ids: jax.Array | None = None,
+  **options,
 ) -> jax.Array:
   """One SimCLR view of each image: uint8 or float [B, H, W, 3] -> float32 [B, h, w, 3] in [0, 1].
 
+  `options`: the fields of `view_options.ViewOptions` (crop, flip, colour jitter, grayscale, blur, solarisation).
   Brightness / contrast / saturation factors ~ U[1 - 0.8 s, 1 + 0.8 s], hue ~ U[-0.2 s, 0.2 s] of a turn
   (s = jitter_strength; `hue_range` overrides the 0.2 s, e.g. 0.5 for a full turn on flat-coloured data where hue
   alone would identify an image). Example i's key is fold_in(rng, example_ids[i]) (default ids 0..B-1): pass global
   example ids when calling on a local shard (e.g. inside shard_map). `out_size` defaults to (H, W).
   """
+  view_options = ViewOptions(**options)
   images = _as_float(images)
-  out_size = _pair(out_size) if out_size is not None else images.shape[1:3]
+  out_size = _pair(view_options.out_size) if view_options.out_size is not None else images.shape[1:3]
   ids = jnp.arange(images.shape[0]) if example_ids is None else example_ids
-  one = lambda k, x: _augment_one(  # noqa: E731
-    k,
-    x,
-    out_size=out_size,
-    crop_scale=tuple(crop_scale),
-    crop_ratio=tuple(crop_ratio),
-    flip_prob=flip_prob,
-    jitter_strength=jitter_strength,
-    jitter_prob=jitter_prob,
-    grayscale_prob=grayscale_prob,
-    blur_prob=blur_prob,
-    blur_sigma=tuple(blur_sigma),
-    solarize_prob=solarize_prob,
-    hue_range=hue_range,
-  )
+  one = functools.partial(_augment_one, out_size=out_size, options=view_options, hue_range=hue_range)
 
   def augment(key, ids, images):
     return jax.vmap(one)(jax.vmap(jax.random.fold_in, (None, 0))(key, ids), images)

@@ -12,32 +12,23 @@ each, as in `color_jitter_nonrand` of the SimCLR code), grayscale, Gaussian blur
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import numpy as np
 
+from input_pipeline.view_options import ViewOptions
 
-def simclr_augment_tf(
-  image,
-  seed,
-  *,
-  out_size: int | Sequence[int] | None = None,
-  crop_scale: Sequence[float] = (0.08, 1.0),
-  crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-  flip_prob: float = 0.5,
-  jitter_strength: float = 0.5,
-  jitter_prob: float = 0.8,
-  grayscale_prob: float = 0.2,
-  blur_prob: float = 0.0,
-  blur_sigma: Sequence[float] = (0.1, 2.0),
-  solarize_prob: float = 0.0,
-):
-  """One view: uint8 or float [H, W, 3] image, int seed [2] -> float32 [h, w, 3] in [0, 1] (tf.data map fn)."""
+
+def simclr_augment_tf(image, seed, **options):
+  """One view: uint8 or float [H, W, 3] image, int seed [2] -> float32 [h, w, 3] in [0, 1] (tf.data map fn).
+
+  `options`: the fields of `view_options.ViewOptions`, as for `augment_jax.simclr_augment`.
+  """
   import tensorflow as tf
 
+  o = ViewOptions(**options)
   image = tf.image.convert_image_dtype(image, tf.float32)
   height, width = tf.shape(image)[0], tf.shape(image)[1]
-  out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else (out_size or (None, None))
+  out_h, out_w = (o.out_size, o.out_size) if isinstance(o.out_size, int) else (o.out_size or (None, None))
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=12)
   u = tf.random.stateless_uniform([8], seeds[0])
 
@@ -46,32 +37,32 @@ def simclr_augment_tf(
     tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
     seed=seeds[1],
     min_object_covered=0.0,
-    aspect_ratio_range=tuple(crop_ratio),
-    area_range=tuple(crop_scale),
+    aspect_ratio_range=o.crop_ratio,
+    area_range=o.crop_scale,
     max_attempts=10,
     use_image_if_no_bounding_boxes=True,
   )
   image = tf.slice(image, begin, size)
   image = tf.image.resize(image, [out_h or height, out_w or width], method="bilinear", antialias=True)
-  image = tf.cond(u[0] < flip_prob, lambda: tf.image.flip_left_right(image), lambda: image)
+  image = tf.cond(u[0] < o.flip_prob, lambda: tf.image.flip_left_right(image), lambda: image)
 
   def jitter(x):
-    s = 0.8 * jitter_strength
+    s = 0.8 * o.jitter_strength
     lo = max(0.0, 1.0 - s)
     x = tf.clip_by_value(x * tf.random.stateless_uniform([], seeds[2], lo, 1.0 + s), 0.0, 1.0)
     x = tf.clip_by_value(tf.image.stateless_random_contrast(x, lo, 1.0 + s, seeds[3]), 0.0, 1.0)
     x = tf.clip_by_value(tf.image.stateless_random_saturation(x, lo, 1.0 + s, seeds[4]), 0.0, 1.0)
-    if jitter_strength > 0:
-      x = tf.clip_by_value(tf.image.stateless_random_hue(x, 0.2 * jitter_strength, seeds[5]), 0.0, 1.0)
+    if o.jitter_strength > 0:
+      x = tf.clip_by_value(tf.image.stateless_random_hue(x, 0.2 * o.jitter_strength, seeds[5]), 0.0, 1.0)
     return x
 
-  image = tf.cond(u[1] < jitter_prob, lambda: jitter(image), lambda: image)
-  image = tf.cond(u[2] < grayscale_prob, lambda: tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]), lambda: image)
-  if blur_prob > 0:
-    sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * u[4]
-    image = tf.cond(u[3] < blur_prob, lambda: _gaussian_blur(image, sigma), lambda: image)
-  if solarize_prob > 0:
-    image = tf.cond(u[5] < solarize_prob, lambda: tf.where(image < 0.5, image, 1.0 - image), lambda: image)
+  image = tf.cond(u[1] < o.jitter_prob, lambda: jitter(image), lambda: image)
+  image = tf.cond(u[2] < o.grayscale_prob, lambda: tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]), lambda: image)
+  if o.blur_prob > 0:
+    sigma = o.blur_sigma[0] + (o.blur_sigma[1] - o.blur_sigma[0]) * u[4]
+    image = tf.cond(u[3] < o.blur_prob, lambda: _gaussian_blur(image, sigma), lambda: image)
+  if o.solarize_prob > 0:
+    image = tf.cond(u[5] < o.solarize_prob, lambda: tf.where(image < 0.5, image, 1.0 - image), lambda: image)
   return image
 
 

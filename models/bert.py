@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from models.registry import register
 from models.text import PAD_ID, mean_pool
-from models.transformer import Transformer, is_deterministic
+from models.transformer import dropout_and_stack, embed_tokens
 
 
 @register("bert")
@@ -34,29 +34,13 @@ class Bert(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, *, train: bool, token_types=None, return_tokens: bool = False):
-    length = tokens.shape[1]
-    if length > self.max_positions:
-      raise ValueError(f"{length} tokens per row, more than max_positions={self.max_positions}")
     token_types = jnp.zeros_like(tokens) if token_types is None else token_types
-    embed = lambda n, name: nn.Embed(
-      n, self.width, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype, name=name
-    )
-    x = embed(self.vocab_size, "token_embed")(tokens) + embed(self.type_vocab_size, "type_embed")(token_types)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_positions, self.width))
-    x = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="ln_embed")(x + pos[:length].astype(x.dtype))
-    deterministic = is_deterministic(self, train, self.dropout_rate)
-    x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
+    x = embed_tokens(self, tokens, "max_positions", pos_std=0.02, token_types=token_types)
+    x = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="ln_embed")(x)
     valid = tokens != PAD_ID
-    x = Transformer(
-      self.depth,
-      self.num_heads,
-      self.mlp_dim or 4 * self.width,
-      self.dropout_rate,
-      norm_first=False,
-      layer_norm_epsilon=self.layer_norm_epsilon,
-      remat=self.remat,
-      dtype=self.dtype,
-      name="encoder",
-    )(x, nn.make_attention_mask(valid, valid), deterministic=deterministic)
+    mask = nn.make_attention_mask(valid, valid)
+    x = dropout_and_stack(
+      self, x, mask, train=train, name="encoder", norm_first=False, layer_norm_epsilon=self.layer_norm_epsilon
+    )
     pooled = mean_pool(x, valid)
     return (pooled, x) if return_tokens else pooled

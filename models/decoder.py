@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from models.registry import register
 from models.text import PAD_ID
-from models.transformer import Transformer, is_deterministic
+from models.transformer import dropout_and_stack, embed_tokens
 
 
 @register("caption_decoder")
@@ -34,26 +34,10 @@ class CaptionDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, image_tokens, *, train: bool, return_hidden: bool = False):
-    length = tokens.shape[1]
-    if length > self.context_length:
-      raise ValueError(f"{length} tokens per row, more than context_length={self.context_length}")
-    x = nn.Embed(
-      self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype, name="token_embed"
-    )(tokens)
-    pos = self.param("pos_embed", nn.initializers.normal(0.01), (self.context_length, self.width))
-    x = x + pos[:length].astype(x.dtype)
-    deterministic = is_deterministic(self, train, self.dropout_rate)
-    x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
-    x = Transformer(
-      self.depth,
-      self.num_heads,
-      self.mlp_dim or 4 * self.width,
-      self.dropout_rate,
-      cross_attention=True,
-      remat=self.remat,
-      dtype=self.dtype,
-      name="decoder",
-    )(x, nn.make_causal_mask(tokens), deterministic=deterministic, context=jnp.asarray(image_tokens, self.dtype))
+    x = embed_tokens(self, tokens, "context_length", pos_std=0.01)
+    image_tokens = jnp.asarray(image_tokens, self.dtype)
+    mask = nn.make_causal_mask(tokens)
+    x = dropout_and_stack(self, x, mask, train=train, name="decoder", context=image_tokens, cross_attention=True)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="head")(x).astype(jnp.float32)
     return (logits, x.astype(jnp.float32)) if return_hidden else logits
 

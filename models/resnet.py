@@ -19,14 +19,19 @@ from models.registry import register
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs; the residual branch ends in a BN whose scale starts at zero when `zero_init_residual`."""
+class ResidualBlock(nn.Module):
+  """The fields of a residual block: its width, the stride of its strided conv, whether the residual branch's last
+  BN scale starts at zero, and the conv / norm constructors (ResNet's `_conv` and BatchNorm partials)."""
 
   features: int
   strides: int
   zero_init_residual: bool
   conv: Any
   norm: Any
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convs; the residual branch ends in a BN whose scale starts at zero when `zero_init_residual`."""
 
   @nn.compact
   def __call__(self, x):
@@ -37,14 +42,8 @@ class BasicBlock(nn.Module):
     return self.norm(name="bn2", scale_init=scale_init)(y, _shortcut(self, x, self.features), relu=True)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(ResidualBlock):
   """1x1 reduce, 3x3 (strided), 1x1 expand to 4x `features`."""
-
-  features: int
-  strides: int
-  zero_init_residual: bool
-  conv: Any
-  norm: Any
 
   @nn.compact
   def __call__(self, x):
@@ -55,7 +54,7 @@ class BottleneckBlock(nn.Module):
     return self.norm(name="bn3", scale_init=scale_init)(y, _shortcut(self, x, 4 * self.features), relu=True)
 
 
-def _shortcut(block: nn.Module, x, features: int):
+def _shortcut(block: ResidualBlock, x, features: int):
   """Identity, or a strided 1x1 conv + BN when the shape changes (torch's `downsample`)."""
   if block.strides == 1 and x.shape[-1] == features:
     return x

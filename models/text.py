@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.registry import register
-from models.transformer import Transformer, is_deterministic
+from models.transformer import dropout_and_stack, embed_tokens
 
 PAD_ID = 0
 
@@ -66,34 +66,18 @@ class TextTransformer(nn.Module):
   @nn.compact
   def __call__(self, tokens, *, train: bool):
     length = tokens.shape[1]
-    if length > self.context_length:
-      raise ValueError(f"{length} tokens per row, more than context_length={self.context_length}")
     pool = self.pool or ("last_non_pad" if self.causal else "mean")
     if pool not in POOLS or (pool == "first_eos" and self.eos_id is None):
       raise ValueError(f"pool must be one of {POOLS} ('first_eos' with eos_id), got {pool!r}, eos_id={self.eos_id}")
-    x = nn.Embed(
-      self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02), dtype=self.dtype, name="token_embed"
-    )(tokens)
-    pos = self.param("pos_embed", nn.initializers.normal(0.01), (self.context_length, self.width))
-    x = x + pos[:length].astype(x.dtype)
+    x = embed_tokens(self, tokens, "context_length", pos_std=0.01)
     valid = tokens != PAD_ID
     if self.causal:
       mask = nn.make_causal_mask(tokens)
     else:
       mask = nn.make_attention_mask(valid, valid) if self.mask_padding else None
-    deterministic = is_deterministic(self, train, self.dropout_rate)
-    x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
-    x = Transformer(
-      self.depth,
-      self.num_heads,
-      self.mlp_dim or 4 * self.width,
-      self.dropout_rate,
-      layer_norm_epsilon=self.layer_norm_epsilon,
-      activation=self.activation,
-      remat=self.remat,
-      dtype=self.dtype,
-      name="encoder",
-    )(x, mask, deterministic=deterministic)
+    x = dropout_and_stack(
+      self, x, mask, train=train, name="encoder", layer_norm_epsilon=self.layer_norm_epsilon, activation=self.activation
+    )
     if pool == "mean":
       return mean_pool(x, valid)
     if pool == "last_non_pad":

@@ -1,4 +1,5 @@
-"""The transformer block and encoder stack shared by the ViT, the text transformer and the BERT encoder."""
+"""The transformer block and encoder stack shared by the ViT, the text transformer and the BERT encoder; the text
+towers' token embedding and dropout + stack (text transformer, BERT, captioning decoder)."""
 
 from typing import Any
 
@@ -125,3 +126,50 @@ class Transformer(nn.Module):
 def is_deterministic(module: nn.Module, train: bool, dropout_rate: float) -> bool:
   """Dropout runs only when training, with a nonzero rate, and when the caller passed a "dropout" rng."""
   return not (train and dropout_rate > 0 and module.has_rng("dropout"))
+
+
+def embed_tokens(
+  module: nn.Module, tokens: jax.Array, positions_field: str, pos_std: float, token_types: jax.Array | None = None
+) -> jax.Array:
+  """A text tower's input: token_embed(tokens) [+ type_embed(token_types)] + pos_embed[:L] -> [B, L, module.width].
+
+  tokens (and token_types) int32 [B, L]; call inside `module`'s compact `__call__`, so the parameters are its own:
+  `token_embed` [module.vocab_size, width] and `type_embed` [module.type_vocab_size, width] ~ N(0, 0.02),
+  `pos_embed` [max, width] ~ N(0, pos_std), max = the module's field `positions_field` (L above it: ValueError).
+  """
+  max_positions = getattr(module, positions_field)
+  length = tokens.shape[1]
+  if length > max_positions:
+    raise ValueError(f"{length} tokens per row, more than {positions_field}={max_positions}")
+  embed = lambda n, name: nn.Embed(  # noqa: E731
+    n, module.width, embedding_init=nn.initializers.normal(0.02), dtype=module.dtype, name=name
+  )
+  x = embed(module.vocab_size, "token_embed")(tokens)
+  if token_types is not None:
+    x = x + embed(module.type_vocab_size, "type_embed")(token_types)
+  pos = module.param("pos_embed", nn.initializers.normal(pos_std), (max_positions, module.width))
+  return x + pos[:length].astype(x.dtype)
+
+
+def dropout_and_stack(
+  module: nn.Module, x: jax.Array, mask: jax.Array | None, *, train: bool, name: str, context=None, **options
+) -> jax.Array:
+  """Dropout on the embeddings x [B, L, D], then `module`'s Transformer stack (named `name`) -> [B, L, D].
+
+  Reads the module's depth, num_heads, mlp_dim (None: 4 * width), dropout_rate, remat and dtype; `options` are the
+  stack's other fields (norm_first, layer_norm_epsilon, activation, cross_attention). Call inside the module's
+  compact `__call__`. Dropout runs as `is_deterministic` says.
+  """
+  deterministic = is_deterministic(module, train, module.dropout_rate)
+  x = nn.Dropout(module.dropout_rate, deterministic=deterministic)(x)
+  stack = Transformer(
+    module.depth,
+    module.num_heads,
+    module.mlp_dim or 4 * module.width,
+    module.dropout_rate,
+    remat=module.remat,
+    dtype=module.dtype,
+    name=name,
+    **options,
+  )
+  return stack(x, mask, deterministic=deterministic, context=context)
