@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from input_pipeline import view_options
 from input_pipeline.view_options import ViewOptions
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -158,11 +159,11 @@ def simclr_augment(
   alone would identify an image). Example i's key is fold_in(rng, example_ids[i]) (default ids 0..B-1): pass global
   example ids when calling on a local shard (e.g. inside shard_map). `out_size` defaults to (H, W).
   """
-  view_options = ViewOptions(**options)
+  opts = view_options.of(options)
   images = _as_float(images)
-  out_size = _pair(view_options.out_size) if view_options.out_size is not None else images.shape[1:3]
+  out_size = _pair(opts.out_size) if opts.out_size is not None else images.shape[1:3]
   ids = jnp.arange(images.shape[0]) if example_ids is None else example_ids
-  one = functools.partial(_augment_one, out_size=out_size, options=view_options, hue_range=hue_range)
+  one = functools.partial(_augment_one, out_size=out_size, options=opts, hue_range=hue_range)
 
   def augment(key, ids, images):
     return jax.vmap(one)(jax.vmap(jax.random.fold_in, (None, 0))(key, ids), images)

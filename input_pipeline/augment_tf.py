@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from input_pipeline.view_options import ViewOptions
+from input_pipeline import view_options
 
 
 def simclr_augment_tf(image, seed, **options):
@@ -25,7 +25,7 @@ def simclr_augment_tf(image, seed, **options):
   """
   import tensorflow as tf
 
-  o = ViewOptions(**options)
+  o = view_options.of(options)
   image = tf.image.convert_image_dtype(image, tf.float32)
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   out_h, out_w = (o.out_size, o.out_size) if isinstance(o.out_size, int) else (o.out_size or (None, None))

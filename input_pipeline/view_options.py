@@ -8,12 +8,13 @@ neither JAX nor TensorFlow, so both augmentations read one set of defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Sequence
 
 
 @dataclasses.dataclass(frozen=True)
 class ViewOptions:
-  """Keyword arguments of `simclr_augment` / `simclr_augment_tf` (config.augment); an unknown one is a TypeError."""
+  """Keyword arguments of `simclr_augment` / `simclr_augment_tf` (config.augment); build it with `of(options)`."""
 
   out_size: int | Sequence[int] | None = None  # output (h, w) or side; None keeps the input's (H, W)
   crop_scale: Sequence[float] = (0.08, 1.0)  # random resized crop: area fraction range
@@ -29,3 +30,16 @@ class ViewOptions:
   def __post_init__(self):
     for name in ("crop_scale", "crop_ratio", "blur_sigma"):  # lists from a config become hashable tuples
       object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+def of(options: dict) -> ViewOptions:
+  """ViewOptions from config.augment's keys; an unknown key is a ValueError naming the nearest option."""
+  names = [f.name for f in dataclasses.fields(ViewOptions)]
+  for key in options:
+    if key not in names:
+      close = difflib.get_close_matches(key, names, n=1)
+      raise ValueError(
+        f"config.augment.{key} is not a view option{f' (did you mean {close[0]}?)' if close else ''}; "
+        f"the options are {', '.join(names)} (input_pipeline/view_options.py)."
+      )
+  return ViewOptions(**options)

@@ -77,3 +77,8 @@ def test_sharded_input_under_jit_equals_unsharded(images, augment, axis_type):
   got = augment(jax.random.key(3), sharded)
   assert len(got.sharding.device_set) == 8
   np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_misspelled_view_option_names_the_nearest_one(images):
+  with pytest.raises(ValueError, match=r"config.augment.crop_scal is not a view option \(did you mean crop_scale\?\)"):
+    augment_jax.simclr_augment(jax.random.key(0), images, crop_scal=(0.5, 1.0))
