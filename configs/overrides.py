@@ -47,6 +47,18 @@ def parse_value(text: str):
     return text
 
 
+def check_keywords(kwargs, accepted: list[str], block: str, what: str) -> None:
+  """A ValueError naming the nearest accepted name for the first key of `kwargs` (a config block, e.g. block
+  "config.loss") that is not among `accepted`, the keyword arguments of `what`."""
+  for key in kwargs:
+    if key not in accepted:
+      close = difflib.get_close_matches(key, accepted, n=1)
+      raise ValueError(
+        f"{block}.{key} is not an argument of {what}"
+        f"{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(accepted)}."
+      )
+
+
 def _nearest(path: str, config) -> str:
   close = difflib.get_close_matches(path, flatten(config), n=1, cutoff=0.6)
   return f" Did you mean {close[0]}?" if close else ""

@@ -8,8 +8,9 @@ neither JAX nor TensorFlow, so both augmentations read one set of defaults.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Sequence
+
+from configs import overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +36,5 @@ class ViewOptions:
 def of(options: dict) -> ViewOptions:
   """ViewOptions from config.augment's keys; an unknown key is a ValueError naming the nearest option."""
   names = [f.name for f in dataclasses.fields(ViewOptions)]
-  for key in options:
-    if key not in names:
-      close = difflib.get_close_matches(key, names, n=1)
-      raise ValueError(
-        f"config.augment.{key} is not a view option{f' (did you mean {close[0]}?)' if close else ''}; "
-        f"the options are {', '.join(names)} (input_pipeline/view_options.py)."
-      )
+  overrides.check_keywords(options, names, "config.augment", "the view options (input_pipeline/view_options.py)")
   return ViewOptions(**options)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 from typing import Any
@@ -16,6 +15,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 import losses
+from configs import overrides
 import models
 from parallel import mesh as mesh_lib
 
@@ -242,14 +242,7 @@ def check_kwargs(fn: Callable, kwargs: dict, block: str, what: str) -> dict:
     for p in params
     if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
   ]
-  shown = [a for a in accepted if a not in ("axis_name", "example_ids")]
-  for key in kwargs:
-    if key not in shown:
-      close = difflib.get_close_matches(key, shown, n=1)
-      raise ValueError(
-        f"{block}.{key} is not an argument of {what}"
-        f"{f' (did you mean {close[0]}?)' if close else ''}; it takes {', '.join(shown)}."
-      )
+  overrides.check_keywords(kwargs, [a for a in accepted if a not in ("axis_name", "example_ids")], block, what)
   return kwargs
 
 
