@@ -28,7 +28,7 @@ lint: venv
 	$(BIN)/ruff check --quiet .
 
 test: venv $(VENV)/.test-extras lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf workdirs
