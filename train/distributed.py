@@ -63,7 +63,10 @@ def configure_cpu_devices(requested: int, batch_size: int) -> int:
   flags = os.environ.get("XLA_FLAGS", "")
   if "--xla_force_host_platform_device_count" in flags:
     return 0
-  count = cpu_device_count(requested, batch_size, len(os.sched_getaffinity(0)))
+  cores = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  )  # macOS: no affinity
+  count = cpu_device_count(requested, batch_size, cores)
   if count == 0:
     return 0
   jax.config.update("jax_num_cpu_devices", count)
