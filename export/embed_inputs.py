@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from records import examples, images, shards, webdataset
+from records import array_records, examples, images, shards, webdataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # 8-bit modes that PIL converts to RGB without loss of meaning; 16-bit / 32-bit integer and float images ("I;16",
@@ -230,7 +230,7 @@ def read_array_record(path: str) -> Iterator[Record]:
       yield Record({"shard": shard}, error=f"damaged: cannot open the shard: {e}")
       continue
     for start in range(0, len(data), 256):
-      for i, raw in enumerate(_array_records(data, range(start, min(start + 256, len(data)))), start):
+      for i, raw in enumerate(array_records.read_records(data, range(start, min(start + 256, len(data)))), start):
         source = {"shard": shard, "record": i}
         try:
           if isinstance(raw, Exception):
@@ -238,21 +238,6 @@ def read_array_record(path: str) -> Iterator[Record]:
           yield _row_record(source, examples.decode(raw))
         except examples.BadRecord as e:
           yield Record(source, error=f"bad record: {e}")
-
-
-def _array_records(data, indices: range) -> list:
-  """The records at `indices` (bytes), read in one call; when a damaged chunk fails it, one by one, each failure
-  returned in its record's place."""
-  try:
-    return list(data.__getitems__(list(indices)))
-  except Exception:
-    out = []
-    for i in indices:
-      try:
-        out.append(data[i])
-      except Exception as e:
-        out.append(e)
-    return out
 
 
 class Skip(Exception):

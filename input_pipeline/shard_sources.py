@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline.sources import Source, StreamSource, register, rows_to_columns, split_paths
-from records import examples, images, tfrecord, webdataset
+from records import array_records, examples, images, tfrecord, webdataset
 
 TAR_COLUMNS = {"image": "image", "caption": "text", "label": "int"}
 
@@ -62,17 +62,11 @@ class ArrayRecordSource(Source):
     self.class_names = info.get("class_names")
 
   def _raw(self, indices: list[int]) -> list[bytes | None]:
-    try:
-      return list(self.data.__getitems__(indices))
-    except Exception:  # A damaged chunk fails the whole call: read one by one to lose only its records.
-      return [self._one(i) for i in indices]
-
-  def _one(self, i: int) -> bytes | None:
-    try:
-      return self.data[i]
-    except Exception as e:
-      logging.warning("input_pipeline: unreadable ArrayRecord record %d: %s", i, e)
-      return None
+    raws = array_records.read_records(self.data, indices)
+    for i, raw in zip(indices, raws):
+      if isinstance(raw, Exception):
+        logging.warning("input_pipeline: unreadable ArrayRecord record %d: %s", i, raw)
+    return [None if isinstance(raw, Exception) else raw for raw in raws]
 
   def read(self, indices):
     indices, fields = np.asarray(indices).tolist(), []
