@@ -28,12 +28,15 @@ def sinkhorn(
   check_positive("epsilon", epsilon)
   # In the log domain, so that scores / epsilon far apart cannot underflow a whole column.
   log_q = jax.lax.stop_gradient(scores).astype(jnp.promote_types(scores.dtype, jnp.float32)) / epsilon  # [n, K]
-  for _ in range(iterations):
+
+  def step(_, log_q):
     # Per prototype over the global batch, then per sample over the prototypes.
     shift = collectives.pmax(jnp.max(log_q, axis=0), axis_name)
     log_q = log_q - (shift + jnp.log(collectives.psum(jnp.sum(jnp.exp(log_q - shift), axis=0), axis_name)))
-    log_q = log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True)
-  return jnp.exp(log_q)
+    return log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True)
+
+  # A loop, not unrolled: compile time stays flat in `iterations`.
+  return jnp.exp(jax.lax.fori_loop(0, iterations, step, log_q))
 
 
 def _as_crops(name, crops):

@@ -112,7 +112,9 @@ def test_gpu_batch_search_takes_the_largest_batch_that_fits():
 def test_gpu_script_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
   """benchmarks/gpu.sh with GPU_BENCH_SIZE=tiny on one CPU device: every workload prints its line (the torch peer
   skips without torch / timm) and nothing imports TensorFlow."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as one GPU
+  env = dict(os.environ)
+  # One device, as one GPU; the suite's other XLA flags (conftest.py) stay.
+  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
   cache = os.path.join(os.environ.get("TMPDIR", "/tmp"), "jax_cache_contrastive")  # the suite's, see conftest.py
   env.update(
     GPU_BENCH_SIZE="tiny",

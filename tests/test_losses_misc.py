@@ -108,24 +108,27 @@ def _numpy_isogclr(x, y, tau_x, tau_y, state, gamma, rho, eps=1e-14):
 
 @pytest.mark.parametrize("warm", [False, True])
 def test_isogclr_matches_reference_algorithm(warm):
-  x, y = _normal(0, 12, 8), _normal(1, 12, 8)
-  tau_x, tau_y = jnp.linspace(0.02, 0.05, 12), jnp.linspace(0.05, 0.01, 12)
-  state = losses.isogclr_init_state(12)
-  if warm:
-    state = {k: jnp.abs(_normal(i, 12)) + 0.1 for i, k in enumerate(state)}
-  loss, new_state = _call(losses.isogclr, x, y, tau_x, tau_y, state, gamma=0.8, rho=8.0)
-  want, want_state, _ = _numpy_isogclr(
-    np.asarray(x),
-    np.asarray(y),
-    np.asarray(tau_x, np.float64),
-    np.asarray(tau_y, np.float64),
-    {k: np.asarray(v, np.float64) for k, v in state.items()},
-    0.8,
-    8.0,
-  )
-  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  # float64 on both sides, so the comparison checks the algorithm, not float32 summation order (which differs by CPU).
+  with jax.enable_x64(True):
+    x, y = (jnp.asarray(_normal(i, 12, 8), jnp.float64) for i in (0, 1))
+    tau_x, tau_y = jnp.linspace(0.02, 0.05, 12, dtype=jnp.float64), jnp.linspace(0.05, 0.01, 12, dtype=jnp.float64)
+    state = {k: jnp.asarray(v, jnp.float64) for k, v in losses.isogclr_init_state(12).items()}
+    if warm:
+      state = {k: jnp.abs(jnp.asarray(_normal(i, 12), jnp.float64)) + 0.1 for i, k in enumerate(state)}
+    loss, new_state = _call(losses.isogclr, x, y, tau_x, tau_y, state, gamma=0.8, rho=8.0)
+    assert loss.dtype == jnp.float64
+    want, want_state, _ = _numpy_isogclr(
+      np.asarray(x),
+      np.asarray(y),
+      np.asarray(tau_x),
+      np.asarray(tau_y),
+      {k: np.asarray(v) for k, v in state.items()},
+      0.8,
+      8.0,
+    )
+  np.testing.assert_allclose(loss, want, rtol=1e-10)
   for k in want_state:
-    np.testing.assert_allclose(new_state[k], want_state[k], rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(new_state[k], want_state[k], rtol=1e-10, err_msg=k)
 
 
 def test_isogclr_temperature_gradient_is_the_dro_weight():
