@@ -15,7 +15,7 @@ import importlib
 
 import jax
 
-from evaluators.common import Context, PredictFn
+from evaluators.common import Context, PredictFn, shared_features
 from evaluators.health import alignment, effective_rank, l2_normalize, uniformity
 from evaluators.knn import knn_accuracy
 from evaluators.linear_probe import linear_probe
@@ -71,7 +71,8 @@ def run(
 ) -> dict[str, float]:
   """Runs the named evaluations (all by default): {"<name>/<metric>": value}."""
   results = {}
-  for name in evals if names is None else names:
-    for metric, value in evals[name].run(predict_fns, plot_dir=plot_dir).items():
-      results[f"{name}/{metric}"] = value
+  with shared_features():
+    for name in evals if names is None else names:
+      for metric, value in evals[name].run(predict_fns, plot_dir=plot_dir).items():
+        results[f"{name}/{metric}"] = value
   return results

@@ -7,6 +7,8 @@ never the trainer or the model. Data is streamed (input_pipeline.eval_batches); 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Callable, Iterator
 
@@ -167,10 +169,36 @@ def embed_split(
   return np.concatenate(features), {k: np.concatenate(v) for k, v in kept.items() if v}
 
 
+# Inside `shared_features()` (one evaluation pass, one set of parameters): labelled features by what they depend on.
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("shared_features", default=None)
+
+
+@contextlib.contextmanager
+def shared_features():
+  """Within it, evaluations that embed the same data, splits and row limits with the same predict function (kNN and
+  the linear probe by default) embed them once; the features are dropped on exit."""
+  token = _SHARED.set({})
+  try:
+    yield
+  finally:
+    _SHARED.reset(token)
+
+
 def labelled_features(evaluator, predict_fns) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """((train features, labels), (test features, labels)) of a kNN / linear-probe evaluation: `train_split` (at most
-  train_examples rows) and `split` (at most `examples`) of its data."""
-  cfg, out = evaluator.cfg, []
+  train_examples rows) and `split` (at most `examples`) of its data; shared within `shared_features()`."""
+  cfg, shared = evaluator.cfg, _SHARED.get()
+  key = (
+    evaluator.data.to_json(sort_keys=True),
+    cfg.train_split,
+    cfg.train_examples,
+    cfg.split,
+    cfg.examples,
+    cfg.predict,
+  )
+  if shared is not None and key in shared:
+    return shared[key]
+  out = []
   for split, examples in ((cfg.train_split, cfg.train_examples), (cfg.split, cfg.examples)):
     x, kept = embed_split(evaluator, predict_fns, split, examples=examples)
     if "label" not in kept:
@@ -178,6 +206,8 @@ def labelled_features(evaluator, predict_fns) -> tuple[tuple[np.ndarray, np.ndar
         f"Evaluation {evaluator.name!r} needs labels; split {split!r} of {evaluator.data.name!r} has none."
       )
     out.append((x, kept["label"]))
+  if shared is not None:
+    shared[key] = (out[0], out[1])
   return out[0], out[1]
 
 

@@ -74,3 +74,34 @@ def test_linear_probe_chooses_lr_without_test_labels():
   a = linear_probe(emb[:800], labels[:800], emb[800:], labels[800:], **kwargs)
   b = linear_probe(emb[:800], labels[:800], emb[800:], np.zeros_like(labels[800:]), **kwargs)
   assert a["best_lr"] == b["best_lr"] and a["per_lr"] == b["per_lr"]
+
+
+def test_knn_and_linear_probe_of_one_evaluation_pass_embed_the_splits_once():
+  """evaluators.run embeds the train and test rows that kNN and the linear probe share once; an evaluation with other
+  row limits embeds its own; every result equals the evaluation run alone."""
+  import jax.numpy as jnp
+
+  import evaluators
+  from configs import default
+  from parallel import mesh as mesh_lib
+
+  config = default.get_config()
+  config.data.update(dict(name="shapes", image_size=8, train_size=96, test_size=64))
+  options = dict(train_examples=64, examples=32, batch_size=32)
+  config.evals = dict(
+    knn=default.eval_config("knn", k=5, **options),
+    linear_probe=default.eval_config("linear_probe", epochs=2, lrs=(0.1,), **options),
+    knn_more=default.eval_config("knn", k=5, train_examples=96, examples=64, batch_size=32),
+  )
+  evals = evaluators.build(config, mesh_lib.build_mesh())
+  calls = []
+
+  def embed_image(batch):
+    calls.append(len(batch["image"]))
+    return jnp.mean(jnp.asarray(batch["image"], jnp.float32), axis=(1, 2))  # mean colour: [b, 3]
+
+  together = evaluators.run(evals, {"embed_image": embed_image})
+  assert len(calls) == (64 + 32) // 32 + (96 + 64) // 32  # knn + linear_probe once, knn_more once
+  for name in evals:
+    alone = evaluators.run(evals, {"embed_image": embed_image}, names=[name])
+    assert alone == {k: v for k, v in together.items() if k.startswith(name + "/")}
