@@ -189,7 +189,7 @@ def labelled_features(evaluator, predict_fns) -> tuple[tuple[np.ndarray, np.ndar
   train_examples rows) and `split` (at most `examples`) of its data; shared within `shared_features()`."""
   cfg, shared = evaluator.cfg, _SHARED.get()
   key = (
-    evaluator.data.to_json(sort_keys=True),
+    evaluator.data.to_json_best_effort(sort_keys=True),
     cfg.train_split,
     cfg.train_examples,
     cfg.split,
@@ -207,6 +207,9 @@ def labelled_features(evaluator, predict_fns) -> tuple[tuple[np.ndarray, np.ndar
       )
     out.append((x, kept["label"]))
   if shared is not None:
+    for x, labels in out:  # read by several evaluations: none may change them in place
+      x.setflags(write=False)
+      labels.setflags(write=False)
     shared[key] = (out[0], out[1])
   return out[0], out[1]
 
