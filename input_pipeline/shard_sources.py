@@ -62,11 +62,13 @@ class ArrayRecordSource(Source):
     self.class_names = info.get("class_names")
 
   def _raw(self, indices: list[int]) -> list[bytes | None]:
-    raws = array_records.read_records(self.data, indices)
-    for i, raw in zip(indices, raws):
+    out = []
+    for i, raw in zip(indices, array_records.read_records(self.data, indices)):
       if isinstance(raw, Exception):
         logging.warning("input_pipeline: unreadable ArrayRecord record %d: %s", i, raw)
-    return [None if isinstance(raw, Exception) else raw for raw in raws]
+        raw = None
+      out.append(raw)
+    return out
 
   def read(self, indices):
     indices, fields = np.asarray(indices).tolist(), []

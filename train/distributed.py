@@ -63,9 +63,8 @@ def configure_cpu_devices(requested: int, batch_size: int) -> int:
   flags = os.environ.get("XLA_FLAGS", "")
   if "--xla_force_host_platform_device_count" in flags:
     return 0
-  cores = (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-  )  # macOS: no affinity
+  # The cores this process may run on (macOS has no affinity mask: all of them).
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
   count = cpu_device_count(requested, batch_size, cores)
   if count == 0:
     return 0
