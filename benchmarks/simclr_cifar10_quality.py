@@ -10,7 +10,7 @@ images drawn with replacement. Ours: the SimCLR method (`methods.simclr`, augmen
 the trainer's step; the budget includes compilation. kNN memory bank: the KNN_TRAIN (default all 50,000) first training
 images, scored on the KNN_TEST (default all 10,000) first test images.
 
-Environment: BUDGET_S (900), BATCH (256), CONV ("blocked"), THREADS, DEVICES, MALLOC, SCHEDULER (as in
+Environment: BUDGET_S (900), BATCH (256), CONV ("winograd"), THREADS, DEVICES, MALLOC, SCHEDULER (as in
 simclr_step.py), DATA (the npz, default ../shared/data/cifar10.npz; absent -> prints a JSON line saying it skipped,
 exit 0).
 """
@@ -32,7 +32,7 @@ DEFAULT_DATA = os.path.join(
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
 
-def quality_config(batch: int, data_path: str, *, conv: str = "blocked", tiny: bool = False):
+def quality_config(batch: int, data_path: str, *, conv: str = "winograd", tiny: bool = False):
   """The speed benchmark's SimCLR config plus the peer's CIFAR-10 data, normalisation and augmentations."""
   c = simclr_config(batch, conv=conv, tiny=tiny)
   c.data.update(dict(name="cifar10_npz", path=data_path, image_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
@@ -111,7 +111,7 @@ def main() -> None:
 
   import input_pipeline
 
-  conv = os.environ.get("CONV", "blocked")
+  conv = os.environ.get("CONV", "winograd")
   config = quality_config(batch, data_path, conv=conv)
   train, test = (input_pipeline.load_split(config.data, split) for split in ("train", "test"))
   method, state, stats = train_for(config, train["image"], budget)

@@ -9,7 +9,7 @@ momentum 0.9. The step is the trainer's own (`train.step.make_train_step`: donat
 metrics) around the SimCLR method's encoder and loss stages.
 
 Environment: BATCH (256), STEPS (3 timed steps after one warm-up), THREADS (cores to run on, default all),
-CONV ("blocked", "xla" or "auto": the ResNet's conv lowering, models.conv), ACCUM (micro-batches per step; >1 = the
+CONV ("winograd" default, "blocked", "xla" or "auto": the ResNet's conv lowering, models.conv), ACCUM (micro-batches per step; >1 = the
 trainer's cached (GradCache) accumulation: full-batch negatives and gradient, BatchNorm statistics per micro-batch),
 DEVICES (host devices the batch is split over, default 1), MALLOC ("default" or "tuned", see `tune_malloc`),
 SCHEDULER ("memory", default: XLA:CPU's concurrency-optimised scheduler off, see CPU_SCHEDULER_FLAG; "concurrency"). A
@@ -139,7 +139,7 @@ def env_int(name: str, default: int) -> int:
   return int(os.environ.get(name, default))
 
 
-def simclr_config(batch: int, *, conv: str = "blocked", accum: int = 1, tiny: bool = False):
+def simclr_config(batch: int, *, conv: str = "winograd", accum: int = 1, tiny: bool = False):
   """The benchmark's SimCLR config: the shapes recipe with the peer's model, head, loss and optimizer.
 
   `tiny` shrinks the model for the smoke test.
@@ -253,7 +253,7 @@ def main() -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import numpy as np
 
-  conv, accum = os.environ.get("CONV", "blocked"), env_int("ACCUM", 1)
+  conv, accum = os.environ.get("CONV", "winograd"), env_int("ACCUM", 1)
   config = simclr_config(batch, conv=conv, accum=accum)
   views = np.random.default_rng(0).standard_normal((batch, 2, 32, 32, 3), dtype=np.float32)
   step, state, data = build_step(config, views)

@@ -64,7 +64,8 @@ def jsonl_pairs() -> dict:
 
 def resnet(stage_sizes: tuple[int, ...] = (1, 1, 1, 1), width: int = 16, conv_impl: str = "xla") -> dict:
   """A ResNet image encoder with the CIFAR stem (3x3 conv, no max-pool) for 16-32 px images; conv_impl "auto": the
-  cache-blocked convolutions of models/conv.py on CPU (the make run step 0.50 -> 0.43 s on Zen 4), XLA's elsewhere."""
+  cache-blocked (and, from 64 channels, Winograd) convolutions of models/conv.py on CPU (the make run step 0.50 ->
+  0.43 s on Zen 4), XLA's elsewhere."""
   return dict(name="resnet", stage_sizes=stage_sizes, width=width, stem="cifar", conv_impl=conv_impl)
 
 

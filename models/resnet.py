@@ -101,7 +101,8 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9  # torch momentum 0.1
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
-  # models.conv: "blocked" is faster on CPU hosts, on one or several devices; "auto" picks it on CPU only.
+  # models.conv: "winograd" / "blocked" are faster on CPU hosts, on one or several devices; "auto" picks winograd on
+  # CPU only.
   # Checkpoints are interchangeable between lowerings.
   conv_impl: str = "xla"
   remat: bool = False  # recompute each block's activations in the backward pass (same parameters and outputs)

@@ -1,5 +1,5 @@
-"""models.conv: the blocked convolution equals nn.Conv (values, gradients, parameters), plugs into the ResNet and runs
-with the batch sharded over several devices."""
+"""models.conv: the blocked and Winograd convolutions equal nn.Conv (values, gradients, parameters), plug into the
+ResNet and run with the batch sharded over several devices."""
 
 import json
 import os
@@ -51,6 +51,32 @@ def test_blocked_conv_equals_nn_conv_in_value_and_gradients(kernel, strides, pad
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("height,width,use_bias", [(8, 8, False), (6, 10, True), (7, 8, False)])
+def test_winograd_conv_equals_nn_conv_in_value_and_gradients(height, width, use_bias):
+  # block_rows=48: the 6 images split into blocks of 1 (8x8, 6x10 outputs); 7x8 (odd height) takes the blocked path.
+  kwargs = dict(features=5, kernel_size=(3, 3), use_bias=use_bias)
+  reference = conv.get("xla")(**kwargs)
+  winograd = conv.get("winograd")(**kwargs, block_rows=48, winograd_min_channels=4)
+  x = randn(0, 6, height, width, 4)
+  variables = jax.tree.map(lambda v: v + 0.1, reference.init(jax.random.key(0), x))
+  (want, want_grads), (got, got_grads) = loss_and_grads(reference, variables, x), loss_and_grads(winograd, variables, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_conv_is_used_only_where_it_applies():
+  assert conv.winograd_applies((2, 8, 8, 64), (3, 3), (1, 1), ((1, 1), (1, 1)))
+  assert not conv.winograd_applies((2, 8, 8, 64), (3, 3), (2, 2), ((1, 1), (1, 1)))  # strided
+  assert not conv.winograd_applies((2, 8, 8, 64), (1, 1), (1, 1), ((0, 0), (0, 0)))  # 1x1
+  assert not conv.winograd_applies((2, 7, 8, 64), (3, 3), (1, 1), ((1, 1), (1, 1)))  # odd height
+  # Below winograd_min_channels (the RGB stem, narrow layers) the layer is the blocked one, bit for bit.
+  x = randn(1, 2, 8, 8, 3)
+  layer = lambda impl: conv.get(impl)(features=4, kernel_size=(3, 3))
+  variables = layer("blocked").init(jax.random.key(0), x)
+  np.testing.assert_array_equal(layer("winograd").apply(variables, x), layer("blocked").apply(variables, x))
+
+
 def test_blocked_conv_has_the_parameters_of_nn_conv():
   x = jnp.zeros((2, 8, 8, 3))
   shapes = lambda impl: jax.eval_shape(lambda: conv.get(impl)(4, (3, 3)).init(jax.random.key(0), x))
@@ -58,13 +84,13 @@ def test_blocked_conv_has_the_parameters_of_nn_conv():
 
 
 def test_unknown_conv_impl_lists_the_known_ones():
-  with pytest.raises(ValueError, match="blocked"):
-    conv.get("winograd")
+  with pytest.raises(ValueError, match="blocked.*winograd"):
+    conv.get("fft")
 
 
-def test_auto_conv_impl_picks_the_blocked_lowering_on_cpu():
+def test_auto_conv_impl_picks_the_winograd_lowering_on_cpu():
   assert jax.default_backend() == "cpu"
-  assert conv.get("auto") is conv.BlockedConv
+  assert conv.get("auto") is conv.WinogradConv
 
 
 def test_resnet_with_blocked_convs_computes_what_the_xla_one_computes():
@@ -100,16 +126,22 @@ def collectives_inside_loops(hlo: str) -> list[str]:
   return found
 
 
-def test_sharded_blocked_conv_gradient_has_no_collective_inside_its_loops():
+@pytest.mark.parametrize("impl", ["blocked", "winograd"])
+def test_sharded_conv_gradient_equals_one_device_and_has_no_collective_inside_its_loops(impl):
   # 128 images of 8x8 over 8 devices, blocks of 512 output pixels: 2 blocks of 8 images per device.
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  layer = conv.get("blocked")(features=8, kernel_size=(3, 3), use_bias=False, block_rows=512)
-  x = jax.device_put(randn(4, 128, 8, 8, 4), jax.sharding.NamedSharding(mesh, jax.P("data")))
+  extra = dict(winograd_min_channels=4) if impl == "winograd" else {}
+  layer = conv.get(impl)(features=8, kernel_size=(3, 3), use_bias=False, block_rows=512, **extra)
+  x = randn(4, 128, 8, 8, 4)
   variables = layer.init(jax.random.key(0), x[:1])
-  grad = jax.jit(jax.grad(lambda v, x: jnp.sum(layer.apply(v, x) ** 2), argnums=(0, 1)))
-  hlo = grad.lower(variables, x).compile().as_text()
+  grad = jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x))), argnums=(0, 1)))
+  sharded_x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P("data")))
+  hlo = grad.lower(variables, sharded_x).compile().as_text()
   assert "while" in hlo
   assert collectives_inside_loops(hlo) == []
+  sharded, one_device = grad(variables, sharded_x), grad(*jax.device_put((variables, x), jax.devices()[0]))
+  for got, want in zip(jax.tree.leaves(sharded), jax.tree.leaves(one_device)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def sgd_step_difference_sharded_vs_one_device() -> dict:
