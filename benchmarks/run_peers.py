@@ -19,6 +19,10 @@ First, one selection run of ours per allocator and combination of its switches (
 configuration under each allocator; then, in every repeat, ours (that configuration) and the peer run under every
 allocator, in rotating order. Printed: the same-settings ratio per allocator (both sides under that allocator) and the
 best-vs-best ratio (our fastest run of the repeat over the peer's fastest run of the repeat).
+
+The machine line has the CPU's float32 peak derived from its clock (train.perf.cpu_peak) and, measured, the rate of
+XLA's 2048 x 2048 float32 matrix product on THREADS cores; each run's fraction of both is printed (the step's FLOPs are
+those of the direct algorithm, so a step that does fewer multiplies, as Winograd convolutions do, can exceed 1).
 """
 
 from __future__ import annotations
@@ -96,8 +100,38 @@ def summary(values: list[float]) -> dict:
   return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
-def machine() -> dict:
-  """The CPU the figures belong to: model, ISA, cores and its float32 peak (train.perf.cpu_peak)."""
+# XLA's float32 matrix product on this host's cores (one device, THREADS threads): the rate the step's matrix
+# products can reach here, measured, beside the peak derived from the clock the hypervisor reports.
+GEMM_PROBE = """
+import json, time
+import jax, jax.numpy as jnp, numpy as np
+n = 2048
+a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+product = jax.jit(lambda a: a @ a)
+product(a).block_until_ready()
+best = float("inf")
+for _ in range(10):
+  start = time.perf_counter()
+  product(a).block_until_ready()
+  best = min(best, time.perf_counter() - start)
+print(json.dumps({"gemm_gflops_per_s": round(2 * n**3 / best / 1e9, 1)}))
+"""
+
+
+def measured_gemm(threads: int) -> float | None:
+  """GFLOP/s of XLA's 2048 x 2048 float32 matrix product on `threads` cores (best of 10), None if it fails."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}
+  try:
+    cmd = ["taskset", "-c", f"0-{threads - 1}", sys.executable, "-c", GEMM_PROBE]
+    cmd = cmd if threads < os.cpu_count() else cmd[3:]
+    return run_json(cmd, env, ROOT, 300)["gemm_gflops_per_s"]
+  except (RuntimeError, subprocess.SubprocessError, OSError):
+    return None
+
+
+def machine(threads: int | None = None) -> dict:
+  """The CPU the figures belong to: model, ISA, cores, its float32 peak (train.perf.cpu_peak) and the measured rate
+  of XLA's matrix product on `threads` cores."""
   sys.path.insert(0, ROOT)
   from train import perf
 
@@ -118,6 +152,7 @@ def machine() -> dict:
     "cores": os.cpu_count(),
     "cpu_peak_gflops_per_s": round(peak["peak_flops"] / 1e9, 1) if peak else None,
     "peak_derivation": peak["derivation"] if peak else None,
+    "measured_gemm_gflops_per_s": measured_gemm(threads or os.cpu_count()),
   }
 
 
@@ -182,8 +217,11 @@ def select_ours(run: Runner, workload: str, allocators: dict, select_steps: int)
   return {"chosen": chosen, "trials": trials}
 
 
-def best_against_best(run: Runner, workload: str, allocators: dict, repeats: int, select_steps: int) -> dict:
-  """Selection, then `repeats` rounds of ours (its choice) and the peer under every allocator, rotating the order."""
+def best_against_best(
+  run: Runner, workload: str, allocators: dict, repeats: int, select_steps: int, gemm: float | None = None
+) -> dict:
+  """Selection, then `repeats` rounds of ours (its choice) and the peer under every allocator, rotating the order.
+  `gemm`: the measured matrix-product rate (GFLOP/s), for each run's fraction of it."""
   key = WORKLOADS[workload][2]
   selection = select_ours(run, workload, allocators, select_steps)
   runs = [(who, alloc) for alloc in allocators for who in ("ours", "peer")]
@@ -205,6 +243,7 @@ def best_against_best(run: Runner, workload: str, allocators: dict, repeats: int
   ours_first = records[("ours", next(iter(allocators)))][0]
   flops, peak = ours_first.get("flops_per_step"), ours_first.get("cpu_peak_gflops_per_s")
   fraction = lambda r: round(flops / r["step_s"] / (peak * 1e9), 4) if flops and peak else None
+  of_gemm = lambda r: round(flops / r["step_s"] / (gemm * 1e9), 4) if flops and gemm else None
   return {
     "selection": selection,
     "best_vs_best": {
@@ -217,6 +256,7 @@ def best_against_best(run: Runner, workload: str, allocators: dict, repeats: int
     "throughput": {f"{who}@{alloc}": [round(r[key], 2) for r in records[(who, alloc)]] for who, alloc in runs},
     "peak_rss_mb": {f"{who}@{alloc}": rss(who, alloc) for who, alloc in runs},
     "fraction_of_cpu_peak": {f"{who}@{alloc}": [fraction(r) for r in records[(who, alloc)]] for who, alloc in runs},
+    "fraction_of_measured_gemm": {f"{who}@{alloc}": [of_gemm(r) for r in records[(who, alloc)]] for who, alloc in runs},
     "load_avg_1m": {f"{who}@{alloc}": [r["load_avg_1m_before"] for r in records[(who, alloc)]] for who, alloc in runs},
     "runs": {f"{who}@{alloc}": records[(who, alloc)] for who, alloc in runs},
   }
@@ -286,7 +326,7 @@ def main() -> None:
   run = Runner(args, base_env)
   out = {
     "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-    "machine": machine(),
+    "machine": machine(args.threads),
     "threads": args.threads,
     "env": extra,
     "peer_malloc": args.peer_malloc,
@@ -295,7 +335,8 @@ def main() -> None:
     allocators = available_allocators()
     out["allocators"] = allocators
     for name in args.workloads:
-      out[name] = best_against_best(run, name, allocators, args.repeats, args.select_steps)
+      gemm = out["machine"]["measured_gemm_gflops_per_s"]
+      out[name] = best_against_best(run, name, allocators, args.repeats, args.select_steps, gemm)
       report(name, out[name])
   else:
     out["preload"] = args.preload

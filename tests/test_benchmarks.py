@@ -72,6 +72,11 @@ def test_ring_loss_at_a_million_pairs_needs_under_1_gib_per_device():
   assert row["temp_mib"] <= 1024 and row["gathered_embeddings_mib"] == 0.0
 
 
+def test_machine_line_has_the_measured_matrix_product_rate():
+  rate = run_peers.measured_gemm(threads=1)
+  assert rate is not None and rate > 0.5  # GFLOP/s of XLA's float32 2048 x 2048 product on one core
+
+
 ZEN4_CPUINFO = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 2600.000\nsiblings\t: 4\n"
 ZEN4_CPUINFO += "cpu cores\t: 2\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16\n\nprocessor\t: 1\n"
 
