@@ -2,8 +2,8 @@
 Winograd 3x3 layers ("winograd", `WinogradConv`), or "auto" (winograd on CPU, XLA's on GPU/TPU, where XLA's
 convolutions are the fast ones).
 
-All three modules take the same constructor arguments and hold the same parameters ("kernel" [kh, kw, C_in, C_out], optional
-"bias" [C_out]), so a checkpoint trained with one loads into the other; `get(impl)` returns the class.
+All three modules take the same constructor arguments and hold the same parameters ("kernel" [kh, kw, C_in, C_out],
+optional "bias" [C_out]), so a checkpoint trained with one loads into the other; `get(impl)` returns the class.
 
 Why "blocked": on XLA:CPU a convolution's weight gradient is lowered to a convolution whose window is the whole image,
 plus transposes of the activations; in a ResNet-18 step on a 2-core host these took about 60% of the time. The blocked
@@ -19,7 +19,7 @@ Why "winograd": the blocked ResNet-18 step already ran its convolutions near the
 remaining gain is in doing fewer multiplies. Winograd F(2x2, 3x3) computes a 3x3 stride-1 layer with 4 instead of 9
 multiplies per output pixel and channel pair (16 products [tiles, C_in] @ [C_in, C_out] per block, additions around
 them), in the same blocks and shard layout as the blocked lowering; strided, 1x1 and narrow (< 64 input channels)
-layers stay blocked. The SimCLR ResNet-18 step: 1.4x the blocked lowering (2-core Zen 4, tcmalloc), peak RSS lower.
+layers stay blocked. The SimCLR ResNet-18 step: 1.4x the blocked lowering (2-core Zen 4; benchmarks/README.md).
 """
 
 import functools
