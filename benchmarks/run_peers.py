@@ -122,8 +122,9 @@ def measured_gemm(threads: int) -> float | None:
   """GFLOP/s of XLA's 2048 x 2048 float32 matrix product on `threads` cores (best of 10), None if it fails."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}
   try:
-    cmd = ["taskset", "-c", f"0-{threads - 1}", sys.executable, "-c", GEMM_PROBE]
-    cmd = cmd if threads < os.cpu_count() else cmd[3:]
+    cmd = [sys.executable, "-c", GEMM_PROBE]
+    if threads < os.cpu_count():
+      cmd = ["taskset", "-c", f"0-{threads - 1}", *cmd]
     return run_json(cmd, env, ROOT, 300)["gemm_gflops_per_s"]
   except (RuntimeError, subprocess.SubprocessError, OSError):
     return None
@@ -334,8 +335,8 @@ def main() -> None:
   if args.best:
     allocators = available_allocators()
     out["allocators"] = allocators
+    gemm = out["machine"]["measured_gemm_gflops_per_s"]
     for name in args.workloads:
-      gemm = out["machine"]["measured_gemm_gflops_per_s"]
       out[name] = best_against_best(run, name, allocators, args.repeats, args.select_steps, gemm)
       report(name, out[name])
   else:

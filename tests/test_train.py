@@ -33,8 +33,10 @@ def one_step(config, devices):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-def test_train_step_on_8_devices_equals_1_device():
+@pytest.mark.parametrize("conv_impl", ["xla", "winograd"])
+def test_train_step_on_8_devices_equals_1_device(conv_impl):
   config = tiny_config()
+  config.model.conv_impl = conv_impl  # winograd: the 64-channel stage's 3x3 stride-1 convolution (4x4 maps)
   assert len(jax.devices()) == 8
   state8, m8 = one_step(config, jax.devices())
   state1, m1 = one_step(config, jax.devices()[:1])
@@ -119,6 +121,29 @@ def test_wrong_config_type_is_a_clear_error(tmp_path):
   r = _main("--config=configs/simclr_shapes.py:tiny", f"--workdir={tmp_path}", "--config.batch_size=abc")
   assert r.returncode != 0
   assert "batch_size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_winograd_convolutions_train_from_the_command_line(tmp_path):
+  r = _main(
+    "--config=configs/simclr_shapes.py:tiny",
+    f"--workdir={tmp_path}",
+    "--config.model.conv_impl=winograd",
+    "--config.total_steps=2",
+    "--config.export.enabled=False",
+  )
+  assert r.returncode == 0, r.stderr
+  results = json.load(open(tmp_path / "results.json"))
+  assert 0.0 <= results["knn/knn_top1"] <= 1.0
+
+
+def test_the_tiny_resnet_runs_a_winograd_convolution():
+  config = tiny_config()
+  config.model.conv_impl = "winograd"
+  run = setup.build(config, devices=jax.devices()[:1])
+  embed = lambda params: run.method.predict_fns["embed_image"](params, run.state.model_state, run.first_batch)
+  program = str(jax.make_jaxpr(embed)(run.state.params))
+  run.data.close()
+  assert "conv_winograd" in program and "conv_blocked" in program  # 64 channels: Winograd; narrower: blocked
 
 
 def test_core_imports_without_tensorflow():
