@@ -36,8 +36,7 @@ class BasicBlock(ResidualBlock):
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.features, 3, self.strides, name="conv1")(x)
-    y = self.norm(name="bn1")(y, relu=True)
-    y = self.conv(self.features, 3, 1, name="conv2")(y)
+    y = _norm_relu_conv(self, y, "bn1", "conv2", self.features, 3, 1)
     scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     return self.norm(name="bn2", scale_init=scale_init)(y, _shortcut(self, x, self.features), relu=True)
 
@@ -47,11 +46,23 @@ class BottleneckBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x):
-    y = self.norm(name="bn1")(self.conv(self.features, 1, 1, name="conv1")(x), relu=True)
-    y = self.norm(name="bn2")(self.conv(self.features, 3, self.strides, name="conv2")(y), relu=True)
-    y = self.conv(4 * self.features, 1, 1, name="conv3")(y)
+    y = self.conv(self.features, 1, 1, name="conv1")(x)
+    y = _norm_relu_conv(self, y, "bn1", "conv2", self.features, 3, self.strides)
+    y = _norm_relu_conv(self, y, "bn2", "conv3", 4 * self.features, 1, 1)
     scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     return self.norm(name="bn3", scale_init=scale_init)(y, _shortcut(self, x, 4 * self.features), relu=True)
+
+
+def _norm_relu_conv_fn(block, y, norm: str, conv: str, features: int, kernel_size: int, strides: int):
+  return block.conv(features, kernel_size, strides, name=conv)(block.norm(name=norm)(y, relu=True))
+
+
+# BN -> ReLU -> conv inside a block, with the conv's input recomputed in the backward pass from the BN's input and
+# statistics (elementwise) instead of kept: the backward then keeps one activation-sized array for the pair (the BN's
+# input) instead of two. Same parameters (the submodules keep their names), values and gradients. ResNet-18 SimCLR
+# step, 512 images: XLA's temporaries 2894 -> 2417 MB, peak RSS 3.75 -> 3.1 GB, step time within noise
+# (benchmarks/README.md). The block's output stays kept: it is the next block's residual.
+_norm_relu_conv = nn.remat(_norm_relu_conv_fn, static_argnums=(2, 3, 4, 5, 6))
 
 
 def _shortcut(block: ResidualBlock, x, features: int):

@@ -120,6 +120,42 @@ def test_resnet18_cifar_has_the_torch_peer_layer_shapes():
   assert len(jax.tree.leaves(variables["batch_stats"])) == 2 * 20  # mean and var of each BN
 
 
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_resnet_recomputes_each_inner_norm_relu_instead_of_keeping_it(block, monkeypatch):
+  """The BN -> ReLU -> conv pairs inside a block run under remat (resnet._norm_relu_conv): same parameters, outputs,
+  statistics and gradients as the plain composition, with fewer activation-sized arrays kept for the backward pass."""
+  import contextlib
+  import io
+  import re
+
+  from jax.ad_checkpoint import print_saved_residuals
+
+  from models import resnet
+
+  model = small_resnet(block=block)
+  x, w = randn(2, 4, 8, 8, 3), randn(3, 4, 4, 4, 64 if block == "bottleneck" else 16)
+  variables = init(model, x)
+
+  def loss(params, x):
+    out, stats = model.apply({**variables, "params": params}, x, train=True, pool=False, mutable=["batch_stats"])
+    return jnp.sum(out * w), stats
+
+  def run():
+    grads, stats = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(variables["params"], x)
+    listing = io.StringIO()  # one line per array the backward pass keeps, "f32[4,8,8,8] output of ..."
+    with contextlib.redirect_stdout(listing):
+      print_saved_residuals(lambda p, x: loss(p, x)[0], variables["params"], x)
+    sizes = [np.prod([int(d) for d in m.split(",")]) for m in re.findall(r"^\w+\[([\d,]+)\]", listing.getvalue(), re.M)]
+    return (grads, stats), sum(size >= 4 * 4 * 4 * 16 for size in sizes)  # a whole activation of either stage
+
+  recomputed, kept_recomputed = run()
+  monkeypatch.setattr(resnet, "_norm_relu_conv", resnet._norm_relu_conv_fn)
+  plain, kept_plain = run()
+  chex.assert_trees_all_close(recomputed, plain, rtol=1e-6, atol=1e-6)
+  blocks = 2  # one per stage; each pair spares the ReLU's output
+  assert kept_recomputed <= kept_plain - blocks * (2 if block == "bottleneck" else 1)
+
+
 def test_resnet50_has_torchvision_backbone_param_count():
   assert num_params(shapes(models.get("resnet50")(), jnp.ones((1, 64, 64, 3)))) == 23_508_032
 

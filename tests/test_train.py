@@ -202,3 +202,29 @@ def test_eval_mode_reads_the_saved_config_and_evaluates_simclr_on_other_data(tin
   assert results["step"] == config.total_steps
   for key in ("cifar_knn/knn_top1", "cifar_probe/linear_probe_top1", "knn/knn_top1", "linear_probe/linear_probe_top1"):
     assert 0.0 <= results[key] <= 1.0, (key, results)
+
+
+def test_freed_memory_goes_back_to_the_kernel_under_tcmalloc_too():
+  """train.perf.release_freed_host_memory, which the trainer calls after compiling, hands back what a preloaded
+  tcmalloc keeps (its MallocExtension_ReleaseFreeMemory), not only glibc's free lists (malloc_trim)."""
+  from benchmarks import run_peers
+
+  lib = next((path for path in run_peers.ALLOCATORS["tcmalloc"] if os.path.exists(path)), None)
+  if lib is None:
+    pytest.skip("tcmalloc is not installed (Debian: libtcmalloc-minimal4)")
+  code = """
+import json, numpy as np
+from train import perf
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+block = np.ones(400 << 17)  # 400 MiB through malloc, then freed
+del block
+before = rss()
+done = perf.release_freed_host_memory()
+print(json.dumps({"released": done, "before_mb": before, "after_mb": rss()}))
+"""
+  env = {**os.environ, "LD_PRELOAD": lib, "JAX_PLATFORMS": "cpu"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+  record = json.loads(out.stdout.strip().splitlines()[-1])
+  assert record["released"]
+  assert record["before_mb"] - record["after_mb"] > 300, record
