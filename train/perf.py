@@ -135,12 +135,14 @@ def release_freed_host_memory() -> bool:
   """
   released = False
   try:
-    process = ctypes.CDLL(None)  # every loaded library's symbols, an LD_PRELOADed allocator's included
-    release = getattr(process, "MallocExtension_ReleaseFreeMemory", None)
-    if release is not None:
-      release.restype = None
-      release()
-      released = True
+    release = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)  # every loaded library's symbols
+  except OSError:
+    release = None
+  if release is not None:
+    release.restype = None
+    release()
+    released = True
+  try:
     released = bool(ctypes.CDLL("libc.so.6").malloc_trim(0)) or released
   except (OSError, AttributeError):
     pass
