@@ -122,7 +122,8 @@ def resnet_with_head(method: str, *, batch_size: int) -> ml_collections.ConfigDi
   """The base of the image recipes with a projection head (simclr, supcon, moco, swav): 600 steps, a 4-stage 16-wide
   CIFAR ResNet and a 2-layer 256-64 MLP head; logs every 20 steps, keeps 3 checkpoints, one every 200 steps."""
   c = base(method, batch_size=batch_size, total_steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=3)
-  # On a CPU-only host: blocked / Winograd convolutions and one device per core (make run's step 0.50 -> 0.35 s on 2 cores).
+  # On a CPU-only host: blocked / Winograd convolutions and one device per core (make run's step 0.50 -> 0.35 s on
+  # 2 cores).
   c.model.update(resnet(conv_impl="auto"))
   c.head.update(dict(hidden_dim=256, out_dim=64, num_layers=2))
   c.cpu_devices = -1
