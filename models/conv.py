@@ -177,7 +177,6 @@ conv_blocked.defvjp(_conv_blocked_fwd, _conv_blocked_bwd)
 # Winograd F(2x2, 3x3) (Lavin & Gray, 2016): a 3x3 stride-1 convolution computed on 4x4 input tiles (stride 2) as 16
 # matrix products [tiles, C_in] @ [C_in, C_out] in a transformed domain, 4 multiplies per output pixel and channel pair
 # instead of 9. The transforms are additions only; the kernel transform has the halves of G.
-_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
 
 def _winograd_rows(a0, a1, a2, a3):
@@ -203,10 +202,20 @@ def _winograd_output(m: jax.Array, b: int, h: int, w: int) -> jax.Array:
   return jnp.stack(pixels, axis=2).reshape(b, h, w, -1)
 
 
+def _winograd_kernel_rows(g0, g1, g2):
+  """G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] applied to 3 rows (or columns) of a kernel."""
+  half_sum, half_g1 = 0.5 * (g0 + g2), 0.5 * g1
+  return [g0, half_sum + half_g1, half_sum - half_g1, g2]
+
+
 def _winograd_kernel(kernel: jax.Array) -> jax.Array:
-  """G g G^T: kernel [3, 3, C_in, C_out] -> [16, C_in, C_out]."""
-  g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
-  return jnp.einsum("ai,ijco,bj->abco", g, kernel, g).reshape((16,) + kernel.shape[2:])
+  """G g G^T: kernel [3, 3, C_in, C_out] -> [16, C_in, C_out], as sums of [C_in, C_out] slices (an einsum with G
+  lowers on XLA:CPU to transposes and [C_in * C_out * 3, 3] @ [3, 4] products at ~1 GFLOP/s: 23 vs 3 ms at 512
+  channels, forward and backward of every step)."""
+  taps = []
+  for rows in _winograd_kernel_rows(*(kernel[i] for i in range(3))):
+    taps += _winograd_kernel_rows(*(rows[j] for j in range(3)))
+  return jnp.stack(taps)
 
 
 def _winograd_block(xb: jax.Array, u: jax.Array) -> jax.Array:

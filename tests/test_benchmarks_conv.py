@@ -65,6 +65,21 @@ def test_winograd_conv_equals_nn_conv_in_value_and_gradients(height, width, use_
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+def test_winograd_kernel_transform_is_g_kernel_g_transposed_without_a_matrix_product():
+  # G g G^T with Lavin & Gray's G; written as sums of [C_in, C_out] slices, since an einsum with G lowered on XLA:CPU
+  # to transposes and [C_in * C_out * 3, 3] @ [3, 4] products running at ~1 GFLOP/s.
+  g = jnp.asarray([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+  kernel = randn(0, 3, 3, 5, 7)
+  want = jnp.einsum("ai,ijco,bj->abco", g, kernel, g).reshape(16, 5, 7)
+  np.testing.assert_allclose(conv._winograd_kernel(kernel), want, rtol=1e-6, atol=1e-6)
+  u = randn(1, 16, 5, 7)
+  transpose = lambda u: jax.linear_transpose(conv._winograd_kernel, kernel)(u)[0]
+  np.testing.assert_allclose(transpose(u), jnp.einsum("ai,abco,bj->ijco", g, u.reshape(4, 4, 5, 7), g), rtol=1e-5)
+  for fn, arg in ((conv._winograd_kernel, kernel), (transpose, u)):
+    hlo = jax.jit(fn).lower(arg).compile().as_text()
+    assert not re.search(r"\b(dot|convolution)\(", hlo), hlo
+
+
 def test_winograd_conv_is_used_only_where_it_applies():
   assert conv.winograd_applies((2, 8, 8, 64), (3, 3), (1, 1), ((1, 1), (1, 1)))
   assert not conv.winograd_applies((2, 8, 8, 64), (3, 3), (2, 2), ((1, 1), (1, 1)))  # strided
