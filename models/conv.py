@@ -162,8 +162,9 @@ def _conv_blocked_bwd(strides, padding, block_rows, residuals, dy):
       dxb = im2col_transpose(jnp.einsum("bhwo,ko->bhwk", dyb, flat_kernel))[0]
     # The contraction stays within each shard (a batched matmul over shards): a sharded batch needs no collective
     # inside the loop.
-    by_shard = lambda a: a.reshape((shards, -1) + a.shape[1:])
-    dkernel = jnp.einsum("sbhwk,sbhwo->sko", by_shard(xb_patches), by_shard(dyb), preferred_element_type=jnp.float32)
+    dkernel = jnp.einsum(
+      "sbhwk,sbhwo->sko", _shard_rows(xb_patches, shards), _shard_rows(dyb, shards), preferred_element_type=jnp.float32
+    )
     return dxb, dkernel
 
   dx, partial_dkernel = _per_block(block_grads, shards, size, x, dy)
