@@ -178,8 +178,6 @@ conv_blocked.defvjp(_conv_blocked_fwd, _conv_blocked_bwd)
 # Winograd F(2x2, 3x3) (Lavin & Gray, 2016): a 3x3 stride-1 convolution computed on 4x4 input tiles (stride 2) as 16
 # matrix products [tiles, C_in] @ [C_in, C_out] in a transformed domain, 4 multiplies per output pixel and channel pair
 # instead of 9. The transforms are additions only; the kernel transform has the halves of G.
-
-
 def _winograd_rows(a0, a1, a2, a3):
   """B^T applied to 4 rows (or columns) of a tile: the input transform along one axis."""
   return [a0 - a2, a1 + a2, a2 - a1, a1 - a3]
